@@ -1,0 +1,14 @@
+"""The pack's node list (V3 schema)."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .regions_from_masks import RegionsFromMasks
+
+NODES: list[type[io.ComfyNode]] = [
+    RegionsFromMasks,
+]
+
+
+class RegionalLayoutExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,42 @@
+"""Regions from a MASK batch and one prompt per line."""
+
+from comfy_api.latest import io
+
+from ..layout.from_masks import layout_from_masks, split_prompts
+from .types import CATEGORY, Regions
+
+
+class RegionsFromMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_RegionsFromMasks",
+            display_name="Regions From Masks",
+            category=f"{CATEGORY}/layout",
+            description="Turns a batch of masks into regions, one prompt per line, for both regional methods.",
+            inputs=[
+                io.Mask.Input("masks", tooltip="One mask per region (a MASK batch); white is inside the region."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line, in the order of the masks."),
+                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
+                             tooltip="Width of the picture the layout describes, in pixels; masks are resized to it."),
+                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
+                             tooltip="Height of the picture the layout describes, in pixels."),
+                io.String.Input("base_prompt", multiline=True, default="",
+                                tooltip="The prompt for the whole picture."),
+                io.String.Input("background_prompt", default="a photo",
+                                tooltip="Prompt for the area no mask covers; empty means no background region."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
+                               tooltip="Soften every region's edge by this many pixels (0 keeps hard edges)."),
+            ],
+            outputs=[Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region.")],
+        )
+
+    @classmethod
+    def execute(cls, masks, prompts, width, height, base_prompt, background_prompt, feather) -> io.NodeOutput:
+        try:
+            layout = layout_from_masks(masks, split_prompts(prompts), width=width, height=height,
+                                       base_prompt=base_prompt, background_prompt=background_prompt, feather=feather)
+        except ValueError as err:
+            raise ValueError(f"Regions From Masks: {err}") from None
+        return io.NodeOutput(layout)

@@ -1,0 +1,8 @@
+"""Custom socket types shared by the pack's nodes."""
+
+from comfy_api.latest import io
+
+# A layout.regions.RegionLayout: masks + prompts (+ each region's box) at one pixel size.
+Regions = io.Custom("RL_REGIONS")
+
+CATEGORY = "regional_layout"

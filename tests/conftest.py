@@ -1,0 +1,80 @@
+"""Shared fixtures: the real ComfyUI host (imported in-process for unit tests, or served on 127.0.0.1 for
+integration tests), the tiny models, and this pack imported as the package `regional_layout`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI = Path(os.environ.get("COMFYUI_PATH", REPO / ".comfyui")).resolve()
+MODELS = Path(os.environ.get("RL_MODELS_DIR", REPO / ".cache" / "tiny_models")).resolve()
+ARTIFACTS = REPO / "test-artifacts"
+
+if not (COMFYUI / "main.py").exists():
+    raise pytest.UsageError(f"No ComfyUI at {COMFYUI}: run `python3 scripts/dev.py test`, or set COMFYUI_PATH")
+
+
+def _import_paths() -> None:
+    """ComfyUI first (its `nodes` module must win), then our devkit, then the pack under a stable name."""
+    link_dir = REPO / ".cache" / "import"
+    link = link_dir / "regional_layout"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(REPO, target_is_directory=True)
+    for path in (str(link_dir), str(REPO / "tests"), str(REPO / "scripts"), str(COMFYUI)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def _configure_comfy() -> None:
+    """The same settings the test server runs with, before any ComfyUI module reads them."""
+    from comfy.cli_args import args
+
+    args.cpu = True
+    args.use_pytorch_cross_attention = True
+
+
+_import_paths()
+_configure_comfy()
+
+from rl_devkit.server import ComfyServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    manifest = MODELS / "tiny_models.json"
+    if not manifest.exists():
+        raise pytest.UsageError(f"No tiny models in {MODELS}: run `python3 scripts/dev.py test` (it writes them)")
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def start_server(tiny_models: Path, *extra_flags: str) -> ComfyServer:
+    return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags).start()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tiny_models: Path):
+    """One real ComfyUI server shared by the integration tests of a session."""
+    server = start_server(tiny_models)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_models(tiny_models: Path):
+    """Register the tiny models with ComfyUI's folder_paths for in-process tests of loader nodes."""
+    import folder_paths
+
+    for key in ("checkpoints", "diffusion_models", "text_encoders", "vae", "gligen"):
+        folder_paths.add_model_folder_path(key, str(tiny_models / key))
+    return tiny_models

@@ -1,0 +1,60 @@
+"""API-format prompts for the tiny models, built with ComfyUI's own GraphBuilder."""
+
+from __future__ import annotations
+
+from comfy_execution.graph_utils import GraphBuilder
+
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_SCHNELL_UNET = "flux1-schnell.safetensors"
+CLIP_L = "clip_l.safetensors"
+T5XXL = "t5xxl_fp8_e4m3fn.safetensors"
+FLUX_VAE = "ae.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+SD15 = "v1-5-pruned-emaonly.safetensors"
+GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
+
+
+def graph() -> GraphBuilder:
+    return GraphBuilder(prefix="")
+
+
+def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET):
+    """(model, clip, vae) outputs. The fast text encoder is CLIP-L through the SD3 loader, whose cond and
+    pooled widths match FLUX (notes/host_and_tiny_models.md); `real_t5` uses DualCLIPLoader(type=flux)."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+    if real_t5:
+        clip = g.node("DualCLIPLoader", clip_name1=CLIP_L, clip_name2=T5XXL, type="flux", device="default")
+    else:
+        clip = g.node("CLIPLoader", clip_name=CLIP_L, type="sd3", device="default")
+    vae = g.node("VAELoader", vae_name=FLUX_VAE)
+    return model.out(0), clip.out(0), vae.out(0)
+
+
+def flux_text_to_image(*, width=256, height=256, steps=2, seed=0, prompt="a red apple on a table",
+                       real_t5: bool = False) -> dict:
+    g = graph()
+    model, clip, vae = flux_models(g, real_t5=real_t5)
+    positive = g.node("CLIPTextEncode", clip=clip, text=prompt)
+    guided = g.node("FluxGuidance", conditioning=positive.out(0), guidance=3.5)
+    negative = g.node("ConditioningZeroOut", conditioning=positive.out(0))
+    latent = g.node("EmptySD3LatentImage", width=width, height=height, batch_size=1)
+    sampled = g.node("KSampler", model=model, seed=seed, steps=steps, cfg=1.0, sampler_name="euler",
+                     scheduler="simple", positive=guided.out(0), negative=negative.out(0),
+                     latent_image=latent.out(0), denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
+    g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="flux")
+    return g.finalize()
+
+
+def sdxl_text_to_image(*, width=256, height=256, steps=2, seed=0, prompt="a red apple on a table") -> dict:
+    g = graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=SDXL)
+    positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
+    negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
+    latent = g.node("EmptyLatentImage", width=width, height=height, batch_size=1)
+    sampled = g.node("KSampler", model=ckpt.out(0), seed=seed, steps=steps, cfg=5.0, sampler_name="euler",
+                     scheduler="normal", positive=positive.out(0), negative=negative.out(0),
+                     latent_image=latent.out(0), denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
+    g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="sdxl")
+    return g.finalize()
