@@ -67,7 +67,7 @@ def comfy_server(tiny_models: Path):
     """One real ComfyUI server shared by the integration tests of a session."""
     server = start_server(tiny_models)
     yield server
-    server.stop()
+    server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -69,18 +69,19 @@ def ensure_venv(venv: Path, dev_requirements: Path) -> Path:
     log(f"installing {' '.join(wanted['torch'])} (a few minutes the first time)")
     run([str(python), "-m", "pip", "install", "-q", *wanted["torch"]])
     log("installing test tools from requirements-dev.txt")
-    run([str(python), "-m", "pip", "install", "-q", "-r", str(dev_requirements), "-c", str(_torch_constraint(python))])
+    _pip_install_keeping_torch(python, "-r", str(dev_requirements))
     _write_stamp(stamp, wanted)
     return python
 
 
-def _torch_constraint(python: Path) -> Path:
-    """A pip constraints file pinning the installed torch, so no later install swaps it."""
+def _pip_install_keeping_torch(python: Path, *requirement_args: str) -> None:
+    """pip install with the installed torch pinned as a constraint, so nothing swaps it."""
     frozen = subprocess.run([str(python), "-m", "pip", "freeze"], check=True, capture_output=True, text=True).stdout
     pins = [line for line in frozen.splitlines() if line.lower().split("==")[0] in ("torch", "torchvision")]
-    path = Path(tempfile.mkstemp(prefix="rl-torch-", suffix=".txt")[1])
-    path.write_text("\n".join(pins) + "\n")
-    return path
+    with tempfile.NamedTemporaryFile("w", prefix="rl-torch-", suffix=".txt") as constraint:
+        constraint.write("\n".join(pins) + "\n")
+        constraint.flush()
+        run([str(python), "-m", "pip", "install", "-q", *requirement_args, "-c", constraint.name])
 
 
 def _host_requirements(comfyui: Path) -> list[str]:
@@ -102,7 +103,7 @@ def ensure_host(comfyui: Path, python: Path, cache: Path) -> Path:
     log("installing ComfyUI's requirements (torch stays as installed)")
     requirements = comfyui / ".rl-requirements.txt"
     requirements.write_text("\n".join(_host_requirements(comfyui)) + "\n")
-    run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements), "-c", str(_torch_constraint(python))])
+    _pip_install_keeping_torch(python, "-r", str(requirements))
     _write_stamp(stamp, wanted)
     return comfyui
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,6 +104,7 @@ class ComfyServer:
         self.models_dir = Path(models_dir) if models_dir else None
         self.python = python or sys.executable
         self.flags = DEFAULT_FLAGS + tuple(extra_flags)
+        self._owns_run_dir = run_dir is None
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="rl-comfy-"))
         self.port = port or free_port()
         self.client_id = uuid.uuid4().hex
@@ -215,6 +217,12 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait(10)
+
+    def cleanup(self) -> None:
+        """Stop, then delete the temporary run folder (outputs, log) if this object made it."""
+        self.stop()
+        if self._owns_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     @property
     def alive(self) -> bool:
