@@ -2,10 +2,12 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .region_overlay import RegionOverlay
 from .regions_from_masks import RegionsFromMasks
 
 NODES: list[type[io.ComfyNode]] = [
     RegionsFromMasks,
+    RegionOverlay,
 ]
 
 

@@ -1,0 +1,1 @@
+"""Attention patches for FLUX (plain torch; applied to models through ModelPatcher patch points)."""

@@ -1,0 +1,1 @@
+"""Backward guidance and latent inversion for LSReGen (plain torch)."""

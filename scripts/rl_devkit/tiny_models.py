@@ -1,0 +1,466 @@
+"""Tiny, seeded, random-weight models of the real architectures, laid out like ComfyUI's `models/` folder.
+
+Every file has its real-world name and the key layout of the real file, and ComfyUI's own loader nodes
+detect the right model family from it, so a workflow written for real weights runs unchanged on these
+(notes/host_and_tiny_models.md says which sizes the loaders accept: FLUX must be 3072 wide, the text
+encoders and VAEs full size; only block counts can shrink).
+
+Shapes and key names come from ComfyUI's own classes, built on the meta device and converted with its own
+`state_dict_for_saving` helpers; each builder then checks that ComfyUI's detection recognises the result.
+Values are filled tensor by tensor (seeded from BASE_SEED and the key name) and streamed to disk, so files
+are reproducible byte for byte and the 4.7 GB T5-XXL never sits in memory.
+
+ComfyUI must be importable (on sys.path); it and torch are imported only when something is generated.
+Command line: python -m rl_devkit.tiny_models OUT_DIR [--no-t5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    import torch
+    from comfy.ldm.flux.model import Flux
+
+FORMAT_VERSION = 1  # bump to regenerate every cached file (e.g. after changing the init rules)
+BASE_SEED = 0
+MANIFEST_NAME = "tiny_models.json"
+FLUX_DOUBLE_BLOCKS = 1
+FLUX_SINGLE_BLOCKS = 1
+EMBEDDING_STD = 0.02
+# GLIGEN trains its gates up from 0; a zero gate would make boxes change nothing, so open them.
+GLIGEN_GATE = 1.0
+
+# What ComfyUI's model detection derives from a FLUX.1 file (heads, axes and widths are hard-coded there).
+FLUX_DIT: dict[str, Any] = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
+    "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "axes_dim": [16, 56, 56],
+    "theta": 10000, "qkv_bias": True,
+}
+# UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
+_UNET_COMMON: dict[str, Any] = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "use_temporal_resblock": False, "use_temporal_attention": False,
+}
+SD15_UNET: dict[str, Any] = {
+    **_UNET_COMMON, "adm_in_channels": None, "context_dim": 768, "use_linear_in_transformer": False,
+    "channel_mult": [1, 1], "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
+    "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
+}
+# SDXL is told apart from SSD-1B, Vega and KOALA by its input transformer depths alone, so those stay real.
+SDXL_UNET: dict[str, Any] = {
+    **_UNET_COMMON, "num_classes": "sequential", "adm_in_channels": 2816, "context_dim": 2048,
+    "use_linear_in_transformer": True, "channel_mult": [1, 1, 1], "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+}
+_KL_VAE: dict[str, Any] = {
+    "double_z": True, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+GLIGEN_KEY_DIM = 768  # SD1.x: ComfyUI's GLIGEN loader then uses 8 heads
+GLIGEN_HEADS = 8
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3",
+                       "int64": "I64"}
+_EMBEDDING_KEY = re.compile(r"(embedding(\.weight)?|shared\.weight|relative_attention_bias\.weight)$")
+_GATE_LEAVES = ("alpha_attn", "alpha_dense")
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    path: str                       # relative to the output folder: "<ComfyUI models folder>/<real file name>"
+    dtype: str                      # torch dtype of the floating-point tensors on disk
+    build: Callable[..., dict]      # returns {on-disk key: tensor}; meta tensors get seeded random values
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of `build`
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything that decides the file's bytes, as stored in the manifest (a change regenerates it)."""
+        return json.loads(json.dumps({"dtype": self.dtype, "build": self.build.__name__, "params": self.params,
+                                      "seed": BASE_SEED}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def tiny_models(include_t5: bool = True) -> list[TinyModel]:
+    """The files `ensure_tiny_models` writes, in writing order (the slow T5-XXL last)."""
+    flux_depths = {"depth": FLUX_DOUBLE_BLOCKS, "depth_single_blocks": FLUX_SINGLE_BLOCKS}
+    models = [
+        TinyModel("diffusion_models/flux1-dev.safetensors", "bfloat16", _flux, {"guidance_embed": True, **flux_depths}),
+        TinyModel("diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux,
+                  {"guidance_embed": False, **flux_depths}),
+        TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
+        TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
+        TinyModel("checkpoints/sd_xl_base_1.0.safetensors", "float16", _checkpoint, {"family": "SDXL", "unet": SDXL_UNET}),
+        TinyModel("checkpoints/v1-5-pruned-emaonly.safetensors", "float16", _checkpoint,
+                  {"family": "SD15", "unet": SD15_UNET}),
+        TinyModel("gligen/gligen_sd14_textbox_pruned.safetensors", "float16", _gligen, {"unet": SD15_UNET}),
+    ]
+    if include_t5:
+        models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
+    return models
+
+
+def ensure_tiny_models(out_dir: str | os.PathLike, *, include_t5: bool = True,
+                       log: Callable[[str], Any] = print) -> dict[str, Path]:
+    """Write the missing tiny models into `out_dir`; returns file name -> path for every requested model.
+
+    Complete files (recorded in the manifest with the same recipe and size) are kept, so a second call only
+    reads the manifest and stats the files. Files are written under a temporary name and renamed when done.
+    """
+    out = Path(out_dir)
+    wanted = tiny_models(include_t5)
+    if any(not _is_complete(out, m, _read_manifest(out)) for m in wanted):
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out):
+            manifest = _read_manifest(out)  # another process may have written some while we waited
+            for model in wanted:
+                if not _is_complete(out, model, manifest):
+                    manifest["files"][model.path] = _generate(out, model, log)
+                    _write_manifest(out, manifest)
+    return {m.name: out / m.path for m in wanted}
+
+
+def small_flux(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth_single_blocks: int = 2,
+               guidance_embed: bool = True, seed: int = 0, dtype: torch.dtype | None = None, *,
+               context_in_dim: int = 64, vec_in_dim: int = 32, axes_dim: list[int] | None = None) -> Flux:
+    """A small FLUX built from ComfyUI's own class with seeded random weights, for fast unit tests.
+
+    Latents have 16 channels in 2x2 patches (64 inputs per token) like FLUX.1; `dtype` defaults to float32.
+    `axes_dim` (the RoPE split of one head) must sum to hidden_size / num_heads; the default scales FLUX.1's
+    [16, 56, 56] (e.g. [8, 28, 28] for head dim 64).
+    """
+    import torch
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    model = Flux(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=vec_in_dim,
+                 context_in_dim=context_in_dim, hidden_size=hidden_size, mlp_ratio=4.0, num_heads=num_heads,
+                 depth=depth, depth_single_blocks=depth_single_blocks,
+                 axes_dim=list(axes_dim) if axes_dim else flux_axes_dim(hidden_size // num_heads),
+                 theta=10000, qkv_bias=True, guidance_embed=guidance_embed, dtype=dtype or torch.float32,
+                 device="cpu", operations=comfy.ops.manual_cast)  # manual_cast: any input dtype works
+    with torch.no_grad():  # ComfyUI's ops leave weights uninitialised
+        for key, param in model.named_parameters():
+            param.copy_(init_value(key, tuple(param.shape), seed))
+    return model.eval().requires_grad_(False)
+
+
+def flux_axes_dim(head_dim: int) -> list[int]:
+    """FLUX.1's RoPE split of a head ([16, 56, 56] for 128) scaled to `head_dim`; every part must be even."""
+    first = head_dim // 8
+    rest = (head_dim - first) // 2
+    axes = [first, rest, rest]
+    if sum(axes) != head_dim or any(a % 2 for a in axes):
+        raise ValueError(f"no FLUX-like axes_dim for head dim {head_dim}: pass axes_dim explicitly")
+    return axes
+
+
+def init_value(key: str, shape: tuple[int, ...], seed: int = BASE_SEED) -> torch.Tensor:
+    """The float32 value of a parameter, by its name and shape, chosen to keep activations O(1) and finite.
+
+    Matrices and convolutions ~ N(0, 1/fan_in), embeddings ~ N(0, EMBEDDING_STD), biases 0, norm gains 1.
+    """
+    import torch
+
+    leaf = key.rsplit(".", 1)[-1]
+    if _EMBEDDING_KEY.search(key):
+        return _randn(key, shape, seed).mul_(EMBEDDING_STD)
+    if leaf in _GATE_LEAVES:
+        return torch.full(shape, GLIGEN_GATE)
+    if len(shape) >= 2:
+        return _randn(key, shape, seed).mul_(1 / math.sqrt(math.prod(shape[1:])))
+    if leaf.endswith("bias"):
+        return torch.zeros(shape)
+    if leaf in ("weight", "scale"):  # LayerNorm / GroupNorm / RMSNorm gains: the only 1-D weights here
+        return torch.ones(shape)
+    return _randn(key, shape, seed).mul_(EMBEDDING_STD)  # other learned vectors (GLIGEN's null features)
+
+
+def _randn(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    import torch
+
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randn(shape, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Builders: {on-disk key: tensor} in the real file's layout, checked against ComfyUI's detection
+
+
+def _meta() -> torch.device:
+    import torch
+
+    return torch.device("meta")
+
+
+def _flux(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
+    """A FLUX.1 dev/schnell diffusion model file (UNETLoader): the transformer's keys with no prefix."""
+    import comfy.supported_models as sm
+
+    config = {**FLUX_DIT, "guidance_embed": guidance_embed, "depth": depth,
+              "depth_single_blocks": depth_single_blocks}
+    config_class = sm.Flux if guidance_embed else sm.FluxSchnell
+    tensors = dict(config_class(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", config_class, config)
+    return tensors
+
+
+def _checkpoint(family: str, unet: dict) -> dict:
+    """A full checkpoint (CheckpointLoaderSimple): UNet, text encoders and 4-channel VAE, saved the way
+    ComfyUI's own CheckpointSave lays it out (OpenCLIP keys for SDXL's CLIP-G)."""
+    import comfy.supported_models as sm
+
+    config_class = getattr(sm, family)
+    model_config = config_class(unet)
+    model = model_config.get_model({}, device=_meta())
+    clip_sd = model_config.clip_target().clip(device=_meta()).state_dict()
+    vae_sd = _kl_vae(latent_channels=4, quant_conv=True)
+    tensors = model.state_dict_for_saving(clip_sd, vae_sd)
+    _check_unet_detection(tensors, "model.diffusion_model.", config_class, unet)
+    return tensors
+
+
+def _clip_l() -> dict:
+    """Full-size CLIP-L in the standalone text encoder layout (`text_model.*`). Its text_projection is kept
+    so that no weight is left uninitialised whichever loader type reads it."""
+    import comfy.sd1_clip
+
+    tensors = dict(comfy.sd1_clip.SDClipModel(device=_meta()).transformer.state_dict())
+    _check_text_encoder_detection(tensors, "CLIP_L")
+    return tensors
+
+
+def _t5xxl() -> dict:
+    """Full-size T5-XXL encoder. Every tensor is stored as fp8 like the real file: ComfyUI reads the weight
+    dtype from `encoder.final_layer_norm.weight`, so an fp16 norm would make it hold 9.5 GB of fp16."""
+    import comfy.text_encoders.sd3_clip
+
+    tensors = dict(comfy.text_encoders.sd3_clip.T5XXLModel(device=_meta()).transformer.state_dict())
+    _check_text_encoder_detection(tensors, "T5_XXL")
+    return tensors
+
+
+def _kl_vae(latent_channels: int, quant_conv: bool) -> dict:
+    """The KL-f8 VAE: with quant convs as in SD checkpoints, without them as in FLUX's ae.safetensors
+    (ComfyUI's VAE class picks AutoencoderKL or AutoencodingEngine by that)."""
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
+
+    ddconfig = {**_KL_VAE, "z_channels": latent_channels}
+    with torch.device("meta"):  # these classes take no device argument
+        if quant_conv:
+            vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=latent_channels)
+        else:
+            params = {"params": ddconfig}
+            vae = AutoencodingEngine(
+                regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", **params},
+                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", **params})
+    return dict(vae.state_dict())
+
+
+def _gligen(unet: dict) -> dict:
+    """A GLIGEN textbox model for the SD1.x UNet `unet`: one fuser per transformer block (ComfyUI feeds the
+    n-th fuser to the n-th SpatialTransformer), keyed like the pruned SD1.4 file, plus the position net."""
+    import torch
+    import comfy.supported_models as sm
+    from comfy.gligen import GatedSelfAttentionDense, PositionNet
+
+    unet_sd = sm.SD15(unet).get_model({}, device=_meta()).diffusion_model.state_dict()
+    tensors: dict = {}
+    with torch.device("meta"):
+        for prefix, width in _transformer_blocks(unet_sd):
+            fuser = GatedSelfAttentionDense(width, GLIGEN_KEY_DIM, GLIGEN_HEADS, width // GLIGEN_HEADS)
+            tensors.update({f"{prefix}.fuser.{k}": v for k, v in fuser.state_dict().items()})
+        position_net = PositionNet(GLIGEN_KEY_DIM, GLIGEN_KEY_DIM)
+        tensors.update({f"position_net.{k}": v for k, v in position_net.state_dict().items()})
+    return tensors
+
+
+def _transformer_blocks(unet_sd: dict) -> list[tuple[str, int]]:
+    """(key prefix of its transformer block, query width) per SpatialTransformer, in UNet execution order."""
+    section_order = {"input_blocks": 0, "middle_block": 1, "output_blocks": 2}
+    found = []
+    for key, tensor in unet_sd.items():
+        match = re.fullmatch(r"(input_blocks|middle_block|output_blocks)\.(\d+)\.?(\d*)\.proj_in\.weight", key)
+        if match:
+            section, first, second = match.groups()
+            order = (section_order[section], int(first), int(second or 0))
+            found.append((order, key[: -len("proj_in.weight")] + "transformer_blocks.0", tensor.shape[0]))
+    if any(".transformer_blocks.1." in k for k in unet_sd):
+        raise ValueError("GLIGEN needs transformer depth 1: ComfyUI's loader keys its fusers by UNet block")
+    return [(prefix, width) for _, prefix, width in sorted(found)]
+
+
+def _check_unet_detection(tensors: dict, prefix: str, config_class: type, config: dict) -> None:
+    """ComfyUI must detect `config_class` and rebuild exactly `config` from these keys and shapes."""
+    from comfy import model_detection
+
+    detected = model_detection.model_config_from_unet(dict(tensors), prefix)
+    if type(detected) is not config_class:
+        raise RuntimeError(f"ComfyUI detects {type(detected).__name__}, not {config_class.__name__}")
+    differs = {k: (v, detected.unet_config.get(k)) for k, v in config.items() if detected.unet_config.get(k) != v}
+    if differs:
+        raise RuntimeError(f"ComfyUI detects another {config_class.__name__} config (built, detected): {differs}")
+
+
+def _check_text_encoder_detection(tensors: dict, expected: str) -> None:
+    import comfy.sd
+
+    detected = comfy.sd.detect_te_model(tensors)
+    if detected is None or detected.name != expected:
+        raise RuntimeError(f"ComfyUI detects text encoder {detected}, not {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _generate(out: Path, model: TinyModel, log: Callable[[str], Any]) -> dict[str, Any]:
+    import torch
+
+    started = time.monotonic()
+    log(f"writing {model.path} ...")
+    tensors = model.build(**model.params)
+    metadata = {"format": "pt", "rl_devkit_tiny_models": json.dumps(model.recipe(), sort_keys=True)}
+    size = _write_safetensors(out / model.path, tensors, getattr(torch, model.dtype), metadata)
+    log(f"wrote {model.path}: {size / 1e6:.0f} MB in {time.monotonic() - started:.0f} s")
+    return {"size": size, "recipe": model.recipe()}
+
+
+def _write_safetensors(path: Path, tensors: dict, dtype: torch.dtype, metadata: dict[str, str]) -> int:
+    """Stream a safetensors file one tensor at a time (atomically: temp name, then rename); returns its size.
+
+    Meta tensors get `init_value`; real ones (position ids, logit scale) keep their values. Floating-point
+    tensors are stored as `dtype`. Larger items come first, as safetensors orders them, to keep alignment.
+    """
+    plan = [(key, t, dtype if t.is_floating_point() else t.dtype) for key, t in tensors.items()]
+    plan.sort(key=lambda entry: (-entry[2].itemsize, entry[0]))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key, t, disk_dtype in plan:
+        end = offset + t.numel() * disk_dtype.itemsize
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[str(disk_dtype).removeprefix("torch.")],
+                       "shape": list(t.shape), "data_offsets": [offset, end]}
+        offset = end
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for key, t, disk_dtype in plan:
+                f.write(_disk_bytes(key, t, disk_dtype))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return 8 + len(blob) + offset
+
+
+def _disk_bytes(key: str, t: torch.Tensor, disk_dtype: torch.dtype) -> memoryview:
+    """The tensor's bytes on disk (little-endian, as safetensors and x86/ARM hosts store them)."""
+    import torch
+
+    value = init_value(key, tuple(t.shape)) if t.is_meta else t.detach().cpu()
+    if value.is_floating_point():
+        value = value.float()
+        # A value out of the disk dtype's range would turn into inf (fp16) or NaN (fp8) when cast.
+        low, high = torch.aminmax(value)  # NaN fails the test below too
+        if not max(-low, high) <= torch.finfo(disk_dtype).max:
+            raise ValueError(f"{key}: values out of range for {disk_dtype}")
+    return memoryview(value.to(disk_dtype).contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("version") != FORMAT_VERSION:
+        return {"version": FORMAT_VERSION, "files": {}}
+    return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    tmp = out / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, out / MANIFEST_NAME)
+
+
+def _is_complete(out: Path, model: TinyModel, manifest: dict[str, Any]) -> bool:
+    entry = manifest["files"].get(model.path)
+    if not entry or entry.get("recipe") != model.recipe():
+        return False
+    try:
+        return (out / model.path).stat().st_size == entry.get("size")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One writer per folder at a time (two test processes may start together); a no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out / ".tiny_models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rl_devkit.tiny_models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", help="folder laid out like ComfyUI's models/ (created if missing)")
+    parser.add_argument("--no-t5", action="store_true", help="skip the 4.7 GB T5-XXL text encoder")
+    args = parser.parse_args(argv)
+
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True  # generation needs no accelerator; keep ComfyUI from initialising one
+    started = time.monotonic()
+    paths = ensure_tiny_models(args.out_dir, include_t5=not args.no_t5,
+                               log=lambda message: print(f"[tiny-models] {message}", flush=True))
+    print(f"[tiny-models] {len(paths)} models ready in {args.out_dir} ({time.monotonic() - started:.1f} s)",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
