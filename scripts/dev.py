@@ -139,7 +139,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.set_defaults(func=cmd_bench)
     setup = sub.add_parser("setup", help="only install the environment, host and tiny models")
     setup.set_defaults(func=cmd_setup)
-    return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("test", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    passthrough = [a for a in extra if a != "--"]
+    if args.command == "test":
+        args.pytest_args = [a for a in args.pytest_args if a != "--"] + passthrough
+    elif args.command == "bench":
+        args.bench_args = [a for a in args.bench_args if a != "--"] + passthrough
+    return args
 
 
 def main() -> None:

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.copy(server.log_path, out_dir / "comfyui.log")
+        server.cleanup()
     print(f"{len(workflows) - failures} of {len(workflows)} workflows ran; images in {out_dir}", flush=True)
     return 1 if failures else 0
 

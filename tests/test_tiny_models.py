@@ -1,0 +1,99 @@
+"""The tiny models on disk are what ComfyUI's own detection takes for the real ones, and are reproducible."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_devkit import tiny_models as tm
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64}
+
+
+def meta_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The file's keys, shapes and dtypes as meta tensors: what model detection reads, without the bytes."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return {k: torch.empty(v["shape"], dtype=SAFETENSORS_DTYPES[v["dtype"]], device="meta") for k, v in header.items()}
+
+
+@pytest.fixture(scope="module")
+def files(tiny_models) -> dict[str, Path]:
+    return {m.name: tiny_models / m.path for m in tm.tiny_models()}
+
+
+@pytest.mark.parametrize("name, expected, guidance", [
+    ("flux1-dev.safetensors", "Flux", True),
+    ("flux1-schnell.safetensors", "FluxSchnell", False),
+])
+def test_flux_files_are_detected_as_flux(files, name, expected, guidance):
+    from comfy import model_detection
+
+    config = model_detection.model_config_from_unet(meta_state_dict(files[name]), "")
+    assert type(config).__name__ == expected
+    assert config.unet_config["hidden_size"] == 3072 and config.unet_config["guidance_embed"] is guidance
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sd_xl_base_1.0.safetensors", "SDXL"),
+    ("v1-5-pruned-emaonly.safetensors", "SD15"),
+])
+def test_checkpoints_are_detected_with_their_text_encoders(files, name, expected):
+    from comfy import model_detection
+
+    sd = meta_state_dict(files[name])
+    config = model_detection.model_config_from_unet(sd, "model.diffusion_model.")
+    assert type(config).__name__ == expected
+    clip_keys = [k for k in sd if k.startswith("conditioner.") or k.startswith("cond_stage_model.")]
+    vae_keys = [k for k in sd if k.startswith("first_stage_model.")]
+    assert clip_keys and vae_keys, "a checkpoint carries its text encoder(s) and VAE"
+    if expected == "SDXL":
+        assert any("conditioner.embedders.1.model" in k for k in clip_keys), "SDXL needs its second (OpenCLIP-G) encoder"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("clip_l.safetensors", "CLIP_L"),
+    ("t5xxl_fp8_e4m3fn.safetensors", "T5_XXL"),
+])
+def test_text_encoders_are_detected(files, name, expected):
+    import comfy.sd
+
+    assert comfy.sd.detect_te_model(meta_state_dict(files[name])).name == expected
+
+
+def test_flux_vae_has_16_latent_channels(files):
+    sd = meta_state_dict(files["ae.safetensors"])
+    assert sd["decoder.conv_in.weight"].shape[1] == 16
+    assert not any(k.startswith("quant_conv") for k in sd), "FLUX's ae.safetensors has no quant convs"
+
+
+def test_gligen_loads_with_comfyui_loader(files):
+    import comfy.sd
+
+    gligen = comfy.sd.load_gligen(str(files["gligen_sd14_textbox_pruned.safetensors"]))
+    unet = meta_state_dict(files["v1-5-pruned-emaonly.safetensors"])
+    transformer_blocks = [k for k in unet if k.startswith("model.diffusion_model.") and k.endswith("proj_in.weight")]
+    # ComfyUI hands the n-th fuser to the n-th transformer block of the UNet: the counts must match
+    assert len(gligen.model.module_list) == len(transformer_blocks) > 0
+
+
+def test_manifest_matches_files(tiny_models, files):
+    manifest = json.loads((tiny_models / tm.MANIFEST_NAME).read_text())
+    for model in tm.tiny_models():
+        entry = manifest["files"][model.path]
+        assert entry["recipe"] == model.recipe()
+        assert (tiny_models / model.path).stat().st_size == entry["size"]
+
+
+def test_small_flux_is_seeded():
+    a, b, c = tm.small_flux(seed=0), tm.small_flux(seed=0), tm.small_flux(seed=1)
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
