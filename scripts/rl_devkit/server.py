@@ -224,6 +224,15 @@ class ComfyServer:
         if self._owns_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (Linux /proc; 0 where that is not available)."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except (OSError, AttributeError):
+            return 0
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        return int(match.group(1)) * 1024 if match else 0
+
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
