@@ -1,0 +1,70 @@
+"""RL_RegionLayout through the real server's API: editor state and layout_json give the expected masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support import graphs
+
+pytestmark = pytest.mark.server
+
+STATE = {"version": 1, "regions": [
+    {"name": "sky", "prompt": "a blue sky", "color": "#3366ff", "shapes": [
+        {"type": "rect", "x": 0, "y": 0, "w": 1, "h": 0.25}]},
+    {"name": "cat", "prompt": "a cat", "color": "#ff6633", "shapes": [
+        {"type": "rect", "x": 0.5, "y": 0.5, "w": 0.25, "h": 0.5}]},
+]}
+
+
+def layout_prompt(width: int, height: int, *, editor_state: str = "", layout_json: str | None = None) -> dict:
+    g = graphs.graph()
+    inputs = dict(width=width, height=height, base_prompt="a garden", background_prompt="grass",
+                  editor_state=editor_state)
+    if layout_json is not None:
+        inputs["layout_json"] = g.node("PrimitiveStringMultiline", value=layout_json).out(0)
+    node = g.node("RL_RegionLayout", id="layout", **inputs)
+    masks = g.node("MaskToImage", mask=node.out(1))
+    g.node("SaveImage", id="masks", images=masks.out(0), filename_prefix="rl_masks")
+    g.node("SaveImage", id="preview", images=node.out(2), filename_prefix="rl_preview")
+    return g.finalize()
+
+
+def mask_arrays(server, result) -> list[np.ndarray]:
+    return [np.asarray(im.convert("L")) > 127 for im in server.images(result, "masks")]
+
+
+def test_editor_state_gives_exact_masks(comfy_server):
+    result = comfy_server.run(layout_prompt(128, 96, editor_state=json.dumps(STATE)))
+    assert result.status == "success", result.error
+    sky, cat = mask_arrays(comfy_server, result)
+    assert sky.shape == (96, 128)
+    assert int(sky.sum()) == 128 * 24 and sky[:24].all()
+    assert int(cat.sum()) == 32 * 48 and cat[48:, 64:96].all()
+    preview = np.asarray(comfy_server.images(result, "preview")[0].convert("RGB")).astype(int)
+    assert preview.shape == (96, 128, 3)
+    assert preview[5, 5, 2] > preview[5, 5, 0]  # sky tinted blue
+    assert preview[80, 80, 0] > preview[80, 80, 2]  # cat tinted orange
+    assert abs(preview[40, 10] - 89).max() <= 1  # uncovered stays grey (0.35)
+
+
+def test_layout_json_overrides_editor_with_pixel_boxes(comfy_server):
+    planner = {"width": 128, "height": 96, "regions": [
+        {"prompt": "a blue sky", "box": [0, 0, 128, 24]}, {"prompt": "a cat", "box": [64, 48, 32, 48]}]}
+    other = {"version": 1, "regions": [{"prompt": "x", "shapes": [{"type": "rect", "x": 0, "y": 0, "w": 1, "h": 1}]}]}
+    drawn = comfy_server.run(layout_prompt(128, 96, editor_state=json.dumps(STATE)))
+    given = comfy_server.run(layout_prompt(512, 512, editor_state=json.dumps(other), layout_json=json.dumps(planner)))
+    assert given.status == "success", given.error
+    for a, b in zip(mask_arrays(comfy_server, drawn), mask_arrays(comfy_server, given), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_bad_json_is_a_clear_error_and_server_stays_up(comfy_server):
+    result = comfy_server.run(layout_prompt(64, 64, editor_state='{"version": 7, "regions": []}'))
+    assert result.status == "error"
+    message = result.error["exception_message"]
+    assert "editor_state" in message and "unknown schema version 7" in message
+    result = comfy_server.run(layout_prompt(64, 64, editor_state="{oops"))
+    assert result.status == "error" and "malformed JSON" in result.error["exception_message"]
+    assert comfy_server.run(layout_prompt(64, 64, editor_state=json.dumps(STATE))).status == "success"
