@@ -68,3 +68,24 @@ def test_bad_json_is_a_clear_error_and_server_stays_up(comfy_server):
     result = comfy_server.run(layout_prompt(64, 64, editor_state="{oops"))
     assert result.status == "error" and "malformed JSON" in result.error["exception_message"]
     assert comfy_server.run(layout_prompt(64, 64, editor_state=json.dumps(STATE))).status == "success"
+
+
+def test_shipped_preview_workflow_api_twin(comfy_server):
+    prompt = json.loads((graphs_root() / "workflows" / "api" / "region_layout_preview.json").read_text())
+    layout = next(node for node in prompt.values() if node["class_type"] == "RL_RegionLayout")
+    assert len(json.loads(layout["inputs"]["editor_state"])["regions"]) == 4
+    save = next(key for key, node in prompt.items() if node["class_type"] == "SaveImage")
+    result = comfy_server.run(prompt)
+    assert result.status == "success", result.error
+    (image,) = comfy_server.images(result, save)
+    assert image.size == (1024, 768)
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert tuple(pixels[380, 520]) == (0xD8, 0xD0, 0xC0)  # uncovered: the EmptyImage colour, untouched
+    sky, barn = pixels[100, 500], pixels[380, 200]
+    assert sky[2] > sky[0] + 40 and barn[0] > barn[2] + 40  # blue sky, red barn
+
+
+def graphs_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
