@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .region_layout import RegionLayoutNode
+from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .region_overlay import RegionOverlay
 from .regions_from_masks import RegionsFromMasks
 
@@ -10,6 +10,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionsFromMasks,
     RegionOverlay,
     RegionLayoutNode,
+    RegionsFromColorMap,
 ]
 
 

@@ -2,7 +2,14 @@
 
 from comfy_api.latest import io
 
-from ..layout.editor_state import build_layout, feathered_masks, layout_preview, parse_layout_json
+from ..layout.editor_state import (
+    build_layout,
+    feathered_masks,
+    layout_from_color_map,
+    layout_preview,
+    parse_layout_json,
+)
+from ..layout.from_masks import split_prompts
 from .types import CATEGORY, Regions
 
 EMPTY_STATE = '{"version": 1, "regions": []}'
@@ -53,6 +60,52 @@ class RegionLayoutNode(io.ComfyNode):
             raise ValueError(f"Region Layout: {err}") from None
         if name == "layout_json":
             width, height = spec.width or width, spec.height or height
-        layout = build_layout(spec, width, height, base_prompt, background_prompt)
-        masks = feathered_masks(layout) if layout.regions else layout.masks().new_zeros(1, height, width)
-        return io.NodeOutput(layout, masks, layout_preview(layout))
+        return layout_outputs(build_layout(spec, width, height, base_prompt, background_prompt))
+
+
+def layout_outputs(layout) -> io.NodeOutput:
+    """regions, feathered MASK batch (one empty mask when there is no region), colour preview."""
+    masks = feathered_masks(layout) if layout.regions else layout.masks().new_zeros(1, layout.height, layout.width)
+    return io.NodeOutput(layout, masks, layout_preview(layout))
+
+
+class RegionsFromColorMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_RegionsFromColorMap",
+            display_name="Regions From Color Map",
+            category=f"{CATEGORY}/layout",
+            description="One region per distinct colour of a segmentation image (black is background), with one "
+                        "prompt per line in the order the colours first appear (left to right, top to bottom).",
+            inputs=[
+                io.Image.Input("color_map", tooltip="A colour-coded segmentation image; use PNG (JPEG adds colours)."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line, one per colour, in reading order of the colours."),
+                io.Int.Input("tolerance", default=16, min=0, max=128,
+                             tooltip="Colours this close (0-255 per channel) to a region's colour join it."),
+                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
+                             tooltip="Width of the picture the layout describes; the map is resized to it."),
+                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
+                             tooltip="Height of the picture the layout describes."),
+                io.String.Input("base_prompt", multiline=True, default="",
+                                tooltip="The prompt for the whole picture."),
+                io.String.Input("background_prompt", default="",
+                                tooltip="Prompt for the black (uncovered) area; empty means no background region."),
+            ],
+            outputs=[
+                Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),
+                io.Mask.Output(display_name="masks", tooltip="One mask per region."),
+                io.Image.Output(display_name="preview", tooltip="The regions colour-coded over grey."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, color_map, prompts, tolerance, width, height, base_prompt, background_prompt) -> io.NodeOutput:
+        try:
+            layout = layout_from_color_map(color_map, split_prompts(prompts), width=width, height=height,
+                                           tolerance=tolerance, base_prompt=base_prompt,
+                                           background_prompt=background_prompt)
+        except ValueError as err:
+            raise ValueError(f"Regions From Color Map: {err}") from None
+        return layout_outputs(layout)

@@ -16,6 +16,7 @@ from regional_layout.layout.editor_state import (
     build_layout,
     feathered_masks,
     gaussian_feather,
+    layout_from_color_map,
     parse_layout_json,
 )
 
@@ -184,3 +185,35 @@ def test_oversized_embedded_mask():
 def test_box_entirely_outside():
     with pytest.raises(ValueError, match="entirely outside"):
         parse_layout_json('{"regions": [{"prompt": "a", "box": [1.0, 0, 0.5, 0.5]}]}')
+
+
+def color_map(width: int, height: int) -> torch.Tensor:
+    """Black background, a red block top-left, a blue block bottom-right ([1, H, W, 3])."""
+    image = torch.zeros(1, height, width, 3)
+    image[0, : height // 2, : width // 4] = torch.tensor([1.0, 0.0, 0.0])
+    image[0, height // 2:, width // 2:] = torch.tensor([0.0, 0.0, 1.0])
+    return image
+
+
+@pytest.mark.parametrize("width, height", [(64, 64), (96, 48), (40, 120)])
+def test_color_map_regions_exact(width, height):
+    layout = layout_from_color_map(color_map(width, height), ["red thing", "blue thing"], width=width, height=height)
+    red, blue = layout.regions
+    assert (red.prompt, red.color, blue.color) == ("red thing", "#ff0000", "#0000ff")
+    assert int(red.mask.sum()) == (height // 2) * (width // 4)
+    assert int(blue.mask.sum()) == (height - height // 2) * (width - width // 2)
+
+
+def test_color_map_tolerance_absorbs_noise_and_resizes():
+    image = color_map(64, 64)
+    noise = torch.Generator().manual_seed(0)
+    noisy = (image + (torch.rand(image.shape, generator=noise) - 0.5) * 12 / 255).clamp(0, 1)
+    layout = layout_from_color_map(noisy, ["r", "b"], width=128, height=128, tolerance=16)
+    assert [int(r.mask.sum()) for r in layout.regions] == [4 * 32 * 16, 4 * 32 * 32]
+    with pytest.raises(ValueError, match="color_map: more than 256 colours"):  # no tolerance: noise is colours
+        layout_from_color_map(noisy, ["r", "b"], width=64, height=64, tolerance=0)
+
+
+def test_color_map_with_more_colours_than_prompts():
+    with pytest.raises(ValueError, match="color_map: the map has 2 colours .* but there are 1 prompts"):
+        layout_from_color_map(color_map(32, 32), ["only one"], width=32, height=32)

@@ -89,3 +89,30 @@ def graphs_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1]
+
+
+def color_map_prompt(server, prompts: str) -> dict:
+    from PIL import Image
+
+    array = np.zeros((64, 96, 3), dtype=np.uint8)
+    array[:32, :24] = (255, 0, 0)
+    array[32:, 48:] = (0, 0, 255)
+    Image.fromarray(array).save(server.input_dir / "rl_color_map.png")
+    g = graphs.graph()
+    image = g.node("LoadImage", image="rl_color_map.png")
+    node = g.node("RL_RegionsFromColorMap", color_map=image.out(0), prompts=prompts, tolerance=16, width=96,
+                  height=64, base_prompt="", background_prompt="")
+    masks = g.node("MaskToImage", mask=node.out(1))
+    g.node("SaveImage", id="masks", images=masks.out(0), filename_prefix="rl_color_masks")
+    return g.finalize()
+
+
+def test_color_map_node_through_the_api(comfy_server):
+    result = comfy_server.run(color_map_prompt(comfy_server, "a red kite\na blue car"))
+    assert result.status == "success", result.error
+    red, blue = mask_arrays(comfy_server, result)
+    assert int(red.sum()) == 32 * 24 and red[:32, :24].all()
+    assert int(blue.sum()) == 32 * 48 and blue[32:, 48:].all()
+    bad = comfy_server.run(color_map_prompt(comfy_server, "only one prompt"))
+    assert bad.status == "error"
+    assert "color_map: the map has 2 colours" in bad.error["exception_message"]
