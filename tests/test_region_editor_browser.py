@@ -236,6 +236,90 @@ def test_layout_survives_a_page_reload(drawn, browser):
     assert max(painted) - min(painted) > 30  # region 1 is drawn in colour over the grey checkerboard
 
 
+def editor_state(browser: Browser, index: int = 0) -> dict:
+    return json.loads(browser.js("""
+        const nodes = window.comfyAPI.app.app.graph.nodes.filter((n) => n.type === "RL_RegionLayout");
+        return nodes[args[0]].widgets.find((w) => w.name === "editor_state").value;
+    """, index))
+
+
+def row_button(browser: Browser, row: int, css: str, editor: int = 0) -> None:
+    editors = browser.driver.find_elements("css selector", ".rl-editor")
+    editors[editor].find_elements("css selector", ".rl-row")[row].find_element("css selector", css).click()
+
+
+def test_edit_tools_undo_and_region_list(drawn, browser):
+    """Runs on the reloaded page: eraser, undo/redo, move/resize, reorder, hide, delete, aspect."""
+    canvas = browser.driver.find_element("css selector", ".rl-canvas")
+    w, h = canvas.rect["width"], canvas.rect["height"]
+    row_button(browser, 0, ".rl-name")  # select region 1
+    click(browser, ".rl-tool-erase")
+    drag(browser, canvas, [(0, 65 * h / 298), (w - 1, 65 * h / 298)])
+    shapes = editor_state(browser)["regions"][0]["shapes"]
+    assert [s["type"] for s in shapes] == ["rect", "stroke"] and shapes[1]["erase"] is True
+    click(browser, ".rl-undo")
+    assert [s["type"] for s in editor_state(browser)["regions"][0]["shapes"]] == ["rect"]
+    click(browser, ".rl-redo")
+    assert editor_state(browser)["regions"][0]["shapes"] == shapes
+
+    row_button(browser, 1, ".rl-name")  # region 2: move its rectangle, then drag its bottom-right corner
+    click(browser, ".rl-tool-rect")
+    before = editor_state(browser)["regions"][1]["shapes"][0]
+    (x0, y0), (x1, y1) = [(x * w / drawn["box"]["w"], y * h / drawn["box"]["h"]) for x, y in RECTS[1]]
+    drag(browser, canvas, [((x0 + x1) / 2, (y0 + y1) / 2), ((x0 + x1) / 2 - 40, (y0 + y1) / 2 - 20)])
+    moved = editor_state(browser)["regions"][1]["shapes"]
+    assert len(moved) == 1
+    assert (moved[0]["x"] - before["x"]) * w == pytest.approx(-40, abs=2)
+    assert (moved[0]["y"] - before["y"]) * h == pytest.approx(-20, abs=2)
+    assert moved[0]["w"] == pytest.approx(before["w"], abs=1e-6)
+    corner = ((moved[0]["x"] + moved[0]["w"]) * w, (moved[0]["y"] + moved[0]["h"]) * h)
+    drag(browser, canvas, [corner, (corner[0] + 30, corner[1] + 15)])
+    resized = editor_state(browser)["regions"][1]["shapes"][0]
+    assert (resized["x"], resized["y"]) == pytest.approx((moved[0]["x"], moved[0]["y"]), abs=1e-6)
+    assert (resized["w"] - moved[0]["w"]) * w == pytest.approx(30, abs=2)
+
+    row_button(browser, 0, ".rl-down")
+    assert [r["prompt"] for r in editor_state(browser)["regions"]] == [PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    click(browser, ".rl-undo")
+    row_button(browser, 0, ".rl-hide")
+    assert editor_state(browser)["regions"][0]["hidden"] is True
+    row_button(browser, 2, ".rl-delete")
+    assert [r["prompt"] for r in editor_state(browser)["regions"]] == PROMPTS[:2]
+    assert len(browser.driver.find_elements("css selector", ".rl-row")) == 2
+    click(browser, ".rl-undo")
+    assert [r["prompt"] for r in editor_state(browser)["regions"]] == PROMPTS
+
+    browser.js("""
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.nodes.find((n) => n.type === "RL_RegionLayout");
+        node.widgets.find((w) => w.name === "width").value = 128;
+        node.widgets.find((w) => w.name === "height").value = 256;
+        app.canvas.setDirty(true, true);
+    """)
+    browser.wait_for("(() => { const c = document.querySelector('.rl-canvas'); "
+                     "return Math.abs(c.width / c.height - 0.5) < 0.02; })()", 10, "the canvas to follow the aspect")
+
+
+def test_copy_paste_gives_an_independent_editor(drawn, browser):
+    browser.js("""
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.nodes.find((n) => n.type === "RL_RegionLayout");
+        app.canvas.selectItems([node]);
+        app.canvas.copyToClipboard();
+        app.canvas.graph_mouse = [node.pos[0] + 480, node.pos[1]];
+        app.canvas.pasteFromClipboard();
+        app.canvas.setDirty(true, true);
+    """)
+    browser.wait_for("document.querySelectorAll('.rl-editor').length === 2", 20, "the pasted editor")
+    original = editor_state(browser, 0)
+    assert editor_state(browser, 1) == original
+    browser.wait_for("document.querySelectorAll('.rl-editor')[1].querySelectorAll('.rl-row').length === 3", 10,
+                     "the pasted editor's region list")
+    browser.driver.find_elements("css selector", ".rl-editor")[1].find_element("css selector", ".rl-add").click()
+    assert len(editor_state(browser, 1)["regions"]) == 4
+    assert editor_state(browser, 0) == original
+
+
 def test_shipped_workflows_load_without_missing_nodes_or_errors(browser):
     workflows = sorted((REPO / "workflows").glob("*.json"))
     assert workflows, "no shipped workflows"
