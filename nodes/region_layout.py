@@ -1,6 +1,7 @@
 """The region layout node: regions drawn in the node's canvas editor, or given as layout JSON."""
 
-from comfy_api.latest import io
+import torch.nn.functional as F
+from comfy_api.latest import io, ui
 
 from ..layout.editor_state import (
     build_layout,
@@ -13,6 +14,7 @@ from ..layout.from_masks import split_prompts
 from .types import CATEGORY, Regions
 
 EMPTY_STATE = '{"version": 1, "regions": []}'
+BACKDROP_SIDE = 512  # the editor's backdrop preview is downscaled to this many pixels on its long side
 
 
 class RegionLayoutNode(io.ComfyNode):
@@ -40,6 +42,9 @@ class RegionLayoutNode(io.ComfyNode):
                                 tooltip="Optional layout JSON (e.g. from an LLM planner) that replaces the editor's "
                                         "drawing: {width, height, base_prompt, background_prompt, regions: [{prompt, "
                                         "box: [x, y, w, h] in pixels or 0-1, mask?}]}."),
+                io.Image.Input("backdrop", optional=True,
+                               tooltip="Optional picture shown behind the regions in the editor once the node has "
+                                       "run (display only; it does not change the masks)."),
             ],
             outputs=[
                 Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),
@@ -51,7 +56,7 @@ class RegionLayoutNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, width, height, base_prompt, background_prompt, editor_state,
-                layout_json=None) -> io.NodeOutput:
+                layout_json=None, backdrop=None) -> io.NodeOutput:
         name, text = ("layout_json", layout_json) if layout_json and layout_json.strip() else ("editor_state",
                                                                                               editor_state)
         try:
@@ -60,7 +65,20 @@ class RegionLayoutNode(io.ComfyNode):
             raise ValueError(f"Region Layout: {err}") from None
         if name == "layout_json":
             width, height = spec.width or width, spec.height or height
-        return layout_outputs(build_layout(spec, width, height, base_prompt, background_prompt))
+        outputs = layout_outputs(build_layout(spec, width, height, base_prompt, background_prompt))
+        if backdrop is not None:
+            outputs.ui = {"rl_backdrop": save_backdrop(backdrop)}
+        return outputs
+
+
+def save_backdrop(image) -> list[dict]:
+    """The first picture, downscaled, as a temp PNG the editor loads through /view."""
+    picture = image[:1].movedim(-1, 1)
+    scale = BACKDROP_SIDE / max(picture.shape[-2:])
+    if scale < 1:
+        picture = F.interpolate(picture, scale_factor=scale, mode="area")
+    return ui.ImageSaveHelper.save_images(picture.movedim(1, -1), "rl_backdrop", io.FolderType.temp, None,
+                                          compress_level=1)
 
 
 def layout_outputs(layout) -> io.NodeOutput:

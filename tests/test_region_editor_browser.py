@@ -28,6 +28,7 @@ PROMPTS = ["a red barn", "a <b>white</b> horse", "<img src=x onerror=\"window.rl
 RECTS = [((20, 20), (150, 110)), ((200, 130), (330, 230))]
 STROKE = [(30, 200), (100, 205), (170, 210), (240, 215)]
 BRUSH_PERCENT = 5
+BASE_PROMPT = "a farm at golden hour"
 
 SETUP_GRAPH = """
 const app = window.comfyAPI.app.app;
@@ -36,6 +37,9 @@ const add = (type, pos) => { const n = LiteGraph.createNode(type); n.pos = pos; 
 const layout = add("RL_RegionLayout", [40, 60]);
 layout.widgets.find((w) => w.name === "width").value = args[0];
 layout.widgets.find((w) => w.name === "height").value = args[1];
+const backdrop = add("EmptyImage", [520, 620]);
+backdrop.widgets.find((w) => w.name === "color").value = 0x2060c0;
+backdrop.connect(0, layout, layout.findInputSlot("backdrop"));
 const toImage = add("MaskToImage", [520, 420]);
 const save = add("SaveImage", [760, 420]);
 layout.connect(1, toImage, 0);
@@ -136,7 +140,7 @@ def browser(comfy_server):
 def drawn(browser, comfy_server, artifacts):
     """Draw the layout with the mouse, type prompts, queue with the Run button; returns what happened."""
     ids = browser.js(SETUP_GRAPH, WIDTH, HEIGHT)
-    box = canvas_box(browser)
+    canvas_box(browser)
     browser.wait_for(f"Math.abs(document.querySelector('.rl-canvas').width / "
                      f"document.querySelector('.rl-canvas').height - {WIDTH / HEIGHT}) < 0.02", 10, "aspect")
     box = canvas_box(browser)
@@ -152,23 +156,29 @@ def drawn(browser, comfy_server, artifacts):
         "s.dispatchEvent(new Event('input'));", str(BRUSH_PERCENT))
     drag(browser, canvas, STROKE)
     type_prompt(browser, 2, PROMPTS[2])
+    browser.driver.find_element("css selector", "textarea[placeholder='base_prompt']").send_keys(BASE_PROMPT)
     prompt = browser.js("return (await window.comfyAPI.app.app.graphToPrompt()).output;")
-    known = set(comfy_server.get_json("/history"))
-    browser.driver.find_element("css selector", "[data-testid='queue-button'] button, "
-                                                "button[data-testid='queue-button']").click()
-    entry = wait_for_history(comfy_server, ids["save"], known)
     shot = screenshot_node(browser, ids["layout"])
     shot.save(artifacts / "region_editor.png")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shot.save(SCREENSHOT)
-    browser.driver.save_screenshot(str(artifacts / "region_editor_page.png"))
+    known = set(comfy_server.get_json("/history"))
+    browser.driver.find_element("css selector", "[data-testid='queue-button'] button, "
+                                                "button[data-testid='queue-button']").click()
+    entry = wait_for_history(comfy_server, ids["save"], known)
+    # After the run the backdrop (a blue EmptyImage) shows through where no region is.
+    browser.wait_for("(() => { const c = document.querySelector('.rl-canvas');"
+                     " const [r, g, b] = c.getContext('2d').getImageData(c.width - 5, 5, 1, 1).data;"
+                     " return Math.abs(r - 0x20) + Math.abs(g - 0x60) + Math.abs(b - 0xc0) < 12; })()",
+                     30, "the backdrop image in the editor")
+    browser.driver.save_screenshot(str(artifacts / "region_editor_after_run.png"))
     return {"ids": ids, "box": box, "prompt": prompt, "entry": entry,
             "masks": mask_images(comfy_server, entry, ids["save"])}
 
 
 def test_prompt_holds_the_drawn_json(drawn, browser):
     inputs = drawn["prompt"][drawn["ids"]["layout"]]["inputs"]
-    assert (inputs["width"], inputs["height"]) == (WIDTH, HEIGHT)
+    assert (inputs["width"], inputs["height"], inputs["base_prompt"]) == (WIDTH, HEIGHT, BASE_PROMPT)
     state = json.loads(inputs["editor_state"])
     assert state["version"] == 1
     assert [r["prompt"] for r in state["regions"]] == PROMPTS

@@ -3,6 +3,7 @@
 import { RegionEditorModel, dragRect, paintRegion, rectFromCorners } from "./region_editor_model.js";
 
 const { app } = window.comfyAPI.app;
+const { api } = window.comfyAPI.api;
 
 const NODE_ID = "RL_RegionLayout";
 const STATE_INPUT = "editor_state";
@@ -122,6 +123,19 @@ class RegionEditor {
     this.widget.serialize = false; // the state travels in editor_state; widgets_values stays positional
   }
 
+  /** Show a picture (the node's `backdrop` input, after a run) behind the regions; display only. */
+  setBackdrop(saved) {
+    if (!saved?.filename) return;
+    const query = new URLSearchParams({ filename: saved.filename, subfolder: saved.subfolder ?? "",
+      type: saved.type ?? "temp" });
+    const image = new Image();
+    image.onload = () => {
+      this.backdrop = image;
+      this.render();
+    };
+    image.src = api.apiURL(`/view?${query}`);
+  }
+
   setTool(tool) {
     this.tool = tool;
     for (const [name, b] of Object.entries(this.toolButtons)) b.classList.toggle("rl-active", name === tool);
@@ -225,6 +239,7 @@ class RegionEditor {
     if (c.width !== w - 2 || c.height !== h - 2) [c.width, c.height] = [Math.max(w - 2, 1), Math.max(h - 2, 1)];
     const ctx = c.getContext("2d");
     this.#drawBackground(ctx, c.width, c.height);
+    if (this.backdrop) ctx.drawImage(this.backdrop, 0, 0, c.width, c.height);
     this.layer ??= document.createElement("canvas");
     [this.layer.width, this.layer.height] = [c.width, c.height];
     const { state } = this.model;
@@ -342,6 +357,9 @@ app.registerExtension({
     });
     chainCallback(nodeType.prototype, "onConfigure", function () {
       this.regionEditor?.syncFromWidget(true);
+    });
+    chainCallback(nodeType.prototype, "onExecuted", function (message) {
+      this.regionEditor?.setBackdrop(message?.rl_backdrop?.[0]);
     });
   },
 });
