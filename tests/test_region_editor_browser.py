@@ -258,6 +258,17 @@ def row_button(browser: Browser, row: int, css: str, editor: int = 0) -> None:
     editors[editor].find_elements("css selector", ".rl-row")[row].find_element("css selector", css).click()
 
 
+def graph_undo(browser: Browser) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    graph = browser.driver.find_element("css selector", "canvas#graph-canvas")
+    corner = graph.rect
+    chain = ActionChains(browser.driver).move_to_element_with_offset(
+        graph, int(1000 - corner["x"] - corner["width"] / 2), int(300 - corner["y"] - corner["height"] / 2))
+    chain.click().key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+
+
 def test_edit_tools_undo_and_region_list(drawn, browser):
     """Runs on the reloaded page: eraser, undo/redo, move/resize, reorder, hide, delete, aspect."""
     canvas = browser.driver.find_element("css selector", ".rl-canvas")
@@ -297,6 +308,13 @@ def test_edit_tools_undo_and_region_list(drawn, browser):
     assert [r["prompt"] for r in editor_state(browser)["regions"]] == PROMPTS[:2]
     assert len(browser.driver.find_elements("css selector", ".rl-row")) == 2
     click(browser, ".rl-undo")
+    assert [r["prompt"] for r in editor_state(browser)["regions"]] == PROMPTS
+
+    # Graph undo (Ctrl+Z on the graph canvas) also takes back an edit made in the editor.
+    click(browser, ".rl-add")
+    assert len(editor_state(browser)["regions"]) == 4
+    graph_undo(browser)
+    browser.wait_for("document.querySelectorAll('.rl-row').length === 3", 20, "graph undo of the added region")
     assert [r["prompt"] for r in editor_state(browser)["regions"]] == PROMPTS
 
     browser.js("""

@@ -141,10 +141,17 @@ class RegionEditor {
     for (const [name, b] of Object.entries(this.toolButtons)) b.classList.toggle("rl-active", name === tool);
   }
 
+  #widgetNumber(name, fallback) {
+    return Number(this.node.widgets.find((w) => w.name === name)?.value) || fallback;
+  }
+
+  get pictureWidth() {
+    return this.#widgetNumber("width", 1024);
+  }
+
   /** Picture aspect from the width/height widgets. */
   get aspect() {
-    const value = (name, fallback) => Number(this.node.widgets.find((w) => w.name === name)?.value) || fallback;
-    return value("width", 1024) / value("height", 1024);
+    return this.pictureWidth / this.#widgetNumber("height", 1024);
   }
 
   #onGraphDraw() {
@@ -166,7 +173,8 @@ class RegionEditor {
     this.written = this.model.serialize();
     this.stateWidget.value = this.written;
     this.node.setDirtyCanvas?.(true, true);
-    app.graph?.change?.();
+    // Let the workflow's change tracker record the edit (graph undo, unsaved marker, persistence).
+    app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
     this.#renderList();
     this.render();
   }
@@ -247,7 +255,11 @@ class RegionEditor {
       if (region.hidden) return;
       paintRegion(this.layer, region, state, this.#maskImage(region.mask));
       ctx.globalAlpha = FILL_ALPHA;
+      // Feather preview: the same Gaussian (sigma = feather / 2 picture pixels) the nodes apply.
+      const sigma = (Number(region.feather) || 0) / 2 * c.width / this.pictureWidth;
+      ctx.filter = sigma > 0.3 ? `blur(${sigma.toFixed(2)}px)` : "none";
       ctx.drawImage(this.layer, 0, 0);
+      ctx.filter = "none";
       ctx.globalAlpha = 1;
     });
     this.#drawSelection(ctx, c.width, c.height);
