@@ -348,6 +348,19 @@ def test_copy_paste_gives_an_independent_editor(drawn, browser):
     assert editor_state(browser, 0) == original
 
 
+def test_editor_follows_the_light_theme(drawn, browser, artifacts):
+    set_palette = "await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.ColorPalette', args[0]);"
+    field = "getComputedStyle(document.querySelector('.rl-row .rl-prompt'))"
+    browser.js(set_palette, "light")
+    try:
+        browser.wait_for(f"{field}.backgroundColor === 'rgb(201, 201, 201)'", 20, "light input background")
+        assert browser.driver.execute_script(f"return {field}.color") == "rgb(34, 34, 34)"
+        browser.driver.save_screenshot(str(artifacts / "region_editor_light.png"))
+    finally:
+        browser.js(set_palette, "dark")
+    browser.wait_for(f"{field}.color === 'rgb(221, 221, 221)'", 20, "dark theme again")
+
+
 def test_shipped_workflows_load_without_missing_nodes_or_errors(browser):
     workflows = sorted((REPO / "workflows").glob("*.json"))
     assert workflows, "no shipped workflows"
