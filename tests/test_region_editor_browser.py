@@ -326,6 +326,15 @@ def test_edit_tools_undo_and_region_list(drawn, browser):
     """)
     browser.wait_for("(() => { const c = document.querySelector('.rl-canvas'); "
                      "return Math.abs(c.width / c.height - 0.5) < 0.02; })()", 10, "the canvas to follow the aspect")
+    height = browser.driver.execute_script("return document.querySelector('.rl-canvas').height")
+    browser.js("""
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.nodes.find((n) => n.type === "RL_RegionLayout");
+        node.setSize([node.size[0] + 200, node.size[1] + 200]);
+        app.canvas.setDirty(true, true);
+    """)
+    browser.wait_for(f"document.querySelector('.rl-canvas').height > {height} + 100", 10, "the canvas to grow")
+    assert len(editor_state(browser)["regions"]) == 3  # resizing the node leaves the layout alone
 
 
 def test_copy_paste_gives_an_independent_editor(drawn, browser):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -91,7 +90,3 @@ class Browser:
 def quiet_settings(server) -> None:
     for key, value in QUIET_SETTINGS.items():
         server.request(f"/settings/{key}", value)
-
-
-def prompt_json(value) -> str:
-    return json.dumps(value)
