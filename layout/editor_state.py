@@ -206,8 +206,11 @@ def _parse_region(check: _Checker, raw, where: str, width: int | None, height: i
         hidden=hidden, mask=mask, shapes=tuple(shapes))
 
 
-def parse_layout_json(text: str, input_name: str = "editor_state") -> LayoutSpec:
-    """Parse and validate the JSON; every error is a ValueError naming `input_name` and the bad field."""
+def parse_layout_json(text: str, input_name: str = "editor_state",
+                      default_size: tuple[int, int] | None = None) -> LayoutSpec:
+    """Parse and validate the JSON; every error is a ValueError naming `input_name` and the bad field.
+
+    Pixel boxes are read against the JSON's width/height, else `default_size` (the node's widgets)."""
     check = _Checker(input_name)
     if not isinstance(text, str) or not text.strip():
         return LayoutSpec()
@@ -229,7 +232,8 @@ def parse_layout_json(text: str, input_name: str = "editor_state") -> LayoutSpec
     if len(regions) > MAX_REGIONS:
         raise check.fail("regions", f"{len(regions)} regions; at most {MAX_REGIONS} are supported")
     prompts = {k: check.text(raw[k], k) if k in raw else None for k in ("base_prompt", "background_prompt")}
-    return LayoutSpec(tuple(_parse_region(check, r, f"regions[{i}]", *size) for i, r in enumerate(regions)),
+    box_size = [given or fallback for given, fallback in zip(size, default_size or (None, None))]
+    return LayoutSpec(tuple(_parse_region(check, r, f"regions[{i}]", *box_size) for i, r in enumerate(regions)),
                       size[0], size[1], prompts["base_prompt"], prompts["background_prompt"])
 
 

@@ -60,7 +60,7 @@ class RegionLayoutNode(io.ComfyNode):
         name, text = ("layout_json", layout_json) if layout_json and layout_json.strip() else ("editor_state",
                                                                                               editor_state)
         try:
-            spec = parse_layout_json(text, input_name=name)
+            spec = parse_layout_json(text, input_name=name, default_size=(width, height))
         except ValueError as err:
             raise ValueError(f"Region Layout: {err}") from None
         if name == "layout_json":

@@ -98,6 +98,11 @@ def test_box_in_pixels_and_normalised_are_the_same():
     assert a.boxes() == [(0.1, 0.1, 0.5, 0.5)]
 
 
+def test_pixel_box_without_size_in_json_uses_the_node_size():
+    spec = parse_layout_json('{"regions": [{"prompt": "a", "box": [20, 10, 100, 50]}]}', default_size=(200, 100))
+    assert int(build_layout(spec, 200, 100).regions[0].mask.sum()) == 100 * 50
+
+
 def test_box_outside_is_clipped_with_warning(caplog):
     state = {"version": 1, "regions": [{"prompt": "a", "box": [0.5, 0.5, 1.0, 1.0]}]}
     mask = layout_of(state, 40, 40).regions[0].mask
