@@ -2,12 +2,15 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .region_overlay import RegionOverlay
 from .regions_from_masks import RegionsFromMasks
 
 NODES: list[type[io.ComfyNode]] = [
     RegionsFromMasks,
     RegionOverlay,
+    RegionLayoutNode,
+    RegionsFromColorMap,
 ]
 
 

@@ -1,0 +1,129 @@
+"""The region layout node: regions drawn in the node's canvas editor, or given as layout JSON."""
+
+import torch.nn.functional as F
+from comfy_api.latest import io, ui
+
+from ..layout.editor_state import (
+    build_layout,
+    feathered_masks,
+    layout_from_color_map,
+    layout_preview,
+    parse_layout_json,
+)
+from ..layout.from_masks import split_prompts
+from .types import CATEGORY, Regions
+
+EMPTY_STATE = '{"version": 1, "regions": []}'
+BACKDROP_SIDE = 512  # the editor's backdrop preview is downscaled to this many pixels on its long side
+
+
+class RegionLayoutNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_RegionLayout",
+            display_name="Region Layout (Editor)",
+            category=f"{CATEGORY}/layout",
+            description="Draw regions (rectangles, brush strokes) with a prompt each in the node's canvas, or pass "
+                        "a layout JSON; gives the regions both regional methods consume, their masks and a preview.",
+            inputs=[
+                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
+                             tooltip="Width of the picture the layout describes, in pixels."),
+                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
+                             tooltip="Height of the picture the layout describes, in pixels."),
+                io.String.Input("base_prompt", multiline=True, default="",
+                                tooltip="The prompt for the whole picture."),
+                io.String.Input("background_prompt", default="",
+                                tooltip="Prompt for the area no region covers; empty means no background region."),
+                io.String.Input("editor_state", default=EMPTY_STATE, socketless=True,
+                                tooltip="The editor's drawing as versioned JSON (written by the canvas; scripts "
+                                        "may set it through the API). Schema: layout/editor_state.py."),
+                io.String.Input("layout_json", optional=True, force_input=True,
+                                tooltip="Optional layout JSON (e.g. from an LLM planner) that replaces the editor's "
+                                        "drawing: {width, height, base_prompt, background_prompt, regions: [{prompt, "
+                                        "box: [x, y, w, h] in pixels or 0-1, mask?}]}."),
+                io.Image.Input("backdrop", optional=True,
+                               tooltip="Optional picture shown behind the regions in the editor once the node has "
+                                       "run (display only; it does not change the masks)."),
+            ],
+            outputs=[
+                Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),
+                io.Mask.Output(display_name="masks",
+                               tooltip="One mask per region, feathered (one empty mask when there is none)."),
+                io.Image.Output(display_name="preview", tooltip="The regions colour-coded over grey."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, width, height, base_prompt, background_prompt, editor_state,
+                layout_json=None, backdrop=None) -> io.NodeOutput:
+        name, text = ("layout_json", layout_json) if layout_json and layout_json.strip() else ("editor_state",
+                                                                                              editor_state)
+        try:
+            spec = parse_layout_json(text, input_name=name, default_size=(width, height))
+        except ValueError as err:
+            raise ValueError(f"Region Layout: {err}") from None
+        if name == "layout_json":
+            width, height = spec.width or width, spec.height or height
+        outputs = layout_outputs(build_layout(spec, width, height, base_prompt, background_prompt))
+        if backdrop is not None:
+            outputs.ui = {"rl_backdrop": save_backdrop(backdrop)}
+        return outputs
+
+
+def save_backdrop(image) -> list[dict]:
+    """The first picture, downscaled, as a temp PNG the editor loads through /view."""
+    picture = image[:1].movedim(-1, 1)
+    scale = BACKDROP_SIDE / max(picture.shape[-2:])
+    if scale < 1:
+        picture = F.interpolate(picture, scale_factor=scale, mode="area")
+    return ui.ImageSaveHelper.save_images(picture.movedim(1, -1), "rl_backdrop", io.FolderType.temp, None,
+                                          compress_level=1)
+
+
+def layout_outputs(layout) -> io.NodeOutput:
+    """regions, feathered MASK batch (one empty mask when there is no region), colour preview."""
+    masks = feathered_masks(layout) if layout.regions else layout.masks().new_zeros(1, layout.height, layout.width)
+    return io.NodeOutput(layout, masks, layout_preview(layout))
+
+
+class RegionsFromColorMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_RegionsFromColorMap",
+            display_name="Regions From Color Map",
+            category=f"{CATEGORY}/layout",
+            description="One region per distinct colour of a segmentation image (black is background), with one "
+                        "prompt per line in the order the colours first appear (left to right, top to bottom).",
+            inputs=[
+                io.Image.Input("color_map", tooltip="A colour-coded segmentation image; use PNG (JPEG adds colours)."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line, one per colour, in reading order of the colours."),
+                io.Int.Input("tolerance", default=16, min=0, max=128,
+                             tooltip="Colours this close (0-255 per channel) to a region's colour join it."),
+                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
+                             tooltip="Width of the picture the layout describes; the map is resized to it."),
+                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
+                             tooltip="Height of the picture the layout describes."),
+                io.String.Input("base_prompt", multiline=True, default="",
+                                tooltip="The prompt for the whole picture."),
+                io.String.Input("background_prompt", default="",
+                                tooltip="Prompt for the black (uncovered) area; empty means no background region."),
+            ],
+            outputs=[
+                Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),
+                io.Mask.Output(display_name="masks", tooltip="One mask per region."),
+                io.Image.Output(display_name="preview", tooltip="The regions colour-coded over grey."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, color_map, prompts, tolerance, width, height, base_prompt, background_prompt) -> io.NodeOutput:
+        try:
+            layout = layout_from_color_map(color_map, split_prompts(prompts), width=width, height=height,
+                                           tolerance=tolerance, base_prompt=base_prompt,
+                                           background_prompt=background_prompt)
+        except ValueError as err:
+            raise ValueError(f"Regions From Color Map: {err}") from None
+        return layout_outputs(layout)

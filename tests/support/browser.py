@@ -1,0 +1,92 @@
+"""Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium against the real ComfyUI frontend."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--window-size=1400,1000",
+    "--force-device-scale-factor=1",
+)
+# Settings that keep first-run dialogs (template browser, tours) out of the way.
+QUIET_SETTINGS = {"Comfy.TutorialCompleted": True}
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+
+
+class Browser:
+    """One Chromium with a fresh profile; `js(...)` runs an async-capable snippet in the page."""
+
+    def __init__(self, base_url: str):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        self.base_url = base_url
+        self.profile = tempfile.mkdtemp(prefix="rl-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROME_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={self.profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        self.driver.set_script_timeout(60)
+        self.console: list[dict] = []
+
+    def close(self) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def wait_for(self, script: str, timeout: float = 60.0, message: str = ""):
+        """Poll a JS expression until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.driver.execute_script(f"return ({script});")
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {message or script}; console: {self.read_console()[-10:]}")
+            time.sleep(0.1)
+
+    def js(self, body: str, *args):
+        """Run `body` as an async function (arguments[0..]); returns its JSON-serialisable result."""
+        wrapper = ("const done = arguments[arguments.length - 1];"
+                   f"(async (...args) => {{ {body} }})(...Array.from(arguments).slice(0, -1))"
+                   ".then((v) => done({ok: v}), (e) => done({error: String(e && e.stack || e)}));")
+        result = self.driver.execute_async_script(wrapper, *args)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return result.get("ok")
+
+    def open_frontend(self, timeout: float = 90.0) -> None:
+        self.driver.get(self.base_url)
+        self.wait_for("window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler "
+                      "&& document.querySelector('.graph-canvas-container, canvas#graph-canvas')",
+                      timeout, "the ComfyUI frontend to load")
+
+    def read_console(self) -> list[dict]:
+        self.console += self.driver.get_log("browser")
+        return self.console
+
+    def console_errors(self) -> list[str]:
+        return [e["message"] for e in self.read_console() if e.get("level") == "SEVERE"]
+
+
+def quiet_settings(server) -> None:
+    for key, value in QUIET_SETTINGS.items():
+        server.request(f"/settings/{key}", value)
