@@ -113,6 +113,7 @@ class ComfyServer:
         self._events_lock = threading.Condition()
         self._ws: websocket.WebSocket | None = None
         self._ws_thread: threading.Thread | None = None
+        self._owns_process = True
 
     # ----- lifecycle -------------------------------------------------------------------------
     @property
@@ -203,6 +204,14 @@ class ComfyServer:
                 self._events.append(event)
                 self._events_lock.notify_all()
 
+    def new_client(self) -> "ComfyServer":
+        """Another client of this running server: its own client id and websocket, sharing the process
+        (stopping it only closes its websocket)."""
+        client = ComfyServer(self.comfyui, self.pack_root, self.models_dir, run_dir=self.run_dir, port=self.port)
+        client.process, client._owns_process, client._owns_run_dir = self.process, False, False
+        client._connect_websocket()
+        return client
+
     def stop(self) -> None:
         if self._ws is not None:
             try:
@@ -210,7 +219,7 @@ class ComfyServer:
             except Exception:
                 pass
             self._ws = None
-        if self.process is not None and self.process.poll() is None:
+        if self._owns_process and self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, 15)
             try:
                 self.process.wait(20)

@@ -58,3 +58,18 @@ def sdxl_text_to_image(*, width=256, height=256, steps=2, seed=0, prompt="a red 
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="sdxl")
     return g.finalize()
+
+
+def region_layout_preview(*, width=128, height=96, regions: list[dict], base_prompt="a scene",
+                          background_prompt="") -> dict:
+    """The editor node (its JSON state as the browser would save it) -> Region Overlay -> SaveImage."""
+    import json
+
+    g = graph()
+    state = json.dumps({"version": 1, "regions": regions})
+    layout = g.node("RL_RegionLayout", id="layout", width=width, height=height, base_prompt=base_prompt,
+                    background_prompt=background_prompt, editor_state=state)
+    canvas = g.node("EmptyImage", width=width, height=height, batch_size=1, color=0x808080)
+    tinted = g.node("RL_RegionOverlay", image=canvas.out(0), regions=layout.out(0), opacity=0.6)
+    g.node("SaveImage", id="save", images=tinted.out(0), filename_prefix="layout")
+    return g.finalize()

@@ -1,0 +1,227 @@
+"""Reliability in the queue (issue 7): a long mixed soak with interrupts, two clients at once, ComfyUI's cache,
+forced model unloading. Every test drives a real server on 127.0.0.1 with the tiny models.
+
+The soak count is CI-sized; `RL_SOAK_COUNT=1000 python3 scripts/dev.py test tests/test_reliability.py -k soak -s`
+runs the long one (README, "Reliability").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import start_server
+from PIL import Image
+from support import graphs
+
+pytestmark = pytest.mark.server
+
+SOAK_COUNT = int(os.environ.get("RL_SOAK_COUNT", "100"))
+INTERRUPT_EVERY = 10  # every n-th soak prompt is interrupted mid-sampling
+MAX_RSS_GROWTH = 0.05
+
+
+def pixels(server, result, node_id: str = "save") -> list[np.ndarray]:
+    out = result.outputs.get(node_id, {}).get("images", [])
+    return [np.asarray(Image.open(io.BytesIO(server.view(img)))) for img in out]
+
+
+def run_ok(server, prompt: dict, **kwargs):
+    result = server.run(prompt, **kwargs)
+    assert result.status == "success", result.error
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The prompts the soak mixes (tiny sizes: the point is many prompts, not big ones)
+
+def plain_flux() -> dict:
+    return graphs.regional_flux(width=64, height=64, steps=1, patch=False)
+
+
+def regional_flux(rng: random.Random, steps: int = 1) -> dict:
+    width, height = rng.choice([(64, 64), (96, 64), (80, 112), (128, 96)])
+    count = rng.choice([1, 2, 3, 4, 8, 16])
+    boxes, prompts = [], []
+    for i in range(count):
+        w, h = rng.randint(8, width // 2), rng.randint(8, height // 2)
+        boxes.append((rng.randint(0, width - w), rng.randint(0, height - h), w, h))
+        prompts.append(f"object {i} {rng.choice(['red', 'green', 'blue', 'gold'])} {rng.randint(0, 999)}")
+    return graphs.regional_flux(width=width, height=height, steps=steps, seed=rng.randint(0, 9), prompts=prompts,
+                                boxes=boxes, base_ratio=rng.choice([0.0, 0.2, 0.5]),
+                                control_steps=rng.choice([1, 10]), feather=rng.choice([0.0, 0.0, 4.0]))
+
+
+def editor_layout(rng: random.Random) -> dict:
+    regions = [{"prompt": f"thing {i}", "shapes": [{"type": "rect", "x": rng.random() * 0.5, "y": rng.random() * 0.5,
+                                                   "w": 0.1 + rng.random() * 0.4, "h": 0.1 + rng.random() * 0.4}]}
+               for i in range(rng.randint(1, 6))]
+    return graphs.region_layout_preview(width=rng.choice([64, 96, 128]), height=rng.choice([64, 96]),
+                                        regions=regions)
+
+
+def lsregen(rng: random.Random) -> dict:
+    return graphs.lsregen_pipeline(width=128, height=128, prior_size=64, steps=2, inversion_steps=2,
+                                   seed=rng.randint(0, 9))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Soak
+
+@pytest.fixture(scope="module")
+def soak_server(tiny_models):
+    server = start_server(tiny_models)
+    yield server
+    server.cleanup()
+
+
+def run_interrupted(server, prompt: dict) -> str:
+    """Queue `prompt`, interrupt it at its first sampling step, return its final status."""
+    prompt_id = server.queue(prompt)
+    deadline = time.monotonic() + 300
+    while not any(e["type"] == "progress" for e in server.events_for(prompt_id)):
+        if any(e["type"].startswith("execution_") and e["type"] != "execution_start" and e["type"] != "execution_cached"
+               for e in server.events_for(prompt_id)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    server.interrupt(prompt_id)
+    return server.wait(prompt_id, timeout=300).status
+
+
+def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
+    """Plain, regional (1-16 regions), editor and LSReGen prompts, some interrupted: afterwards plain FLUX gives
+    the very same image as at the start, memory stays flat after warm-up and the log holds no traceback."""
+    server, rng = soak_server, random.Random(7)
+    reference = pixels(server, run_ok(server, plain_flux()))[0]
+    makers = [lambda: regional_flux(rng), lambda: editor_layout(rng), plain_flux, lambda: regional_flux(rng),
+              lambda: lsregen(rng), plain_flux]
+    # Warm-up: every kind once, so every model is loaded before the memory baseline.
+    for make in makers:
+        run_ok(server, make())
+    baseline = server.rss_bytes()
+    started, counts = time.monotonic(), {"success": 0, "interrupted": 0}
+    plain_checked = 0
+    for i in range(SOAK_COUNT):
+        if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1:
+            status = run_interrupted(server, regional_flux(rng, steps=20))
+            assert status == "interrupted", status
+            counts["interrupted"] += 1
+            continue
+        make = makers[i % len(makers)]
+        result = run_ok(server, make(), timeout=600)
+        counts["success"] += 1
+        if make is plain_flux:
+            assert "sampler" in result.executed_nodes, "the plain prompt came from the cache: it tests nothing"
+            assert np.array_equal(pixels(server, result)[0], reference), f"prompt {i}: plain FLUX changed"
+            plain_checked += 1
+    final = server.rss_bytes()
+    growth = (final - baseline) / baseline
+    print(f"\nsoak: {SOAK_COUNT} prompts ({counts['success']} ran, {counts['interrupted']} interrupted, "
+          f"{plain_checked} plain checks) in {time.monotonic() - started:.0f} s; server RSS after warm-up "
+          f"{baseline / 2**30:.2f} GiB, after {final / 2**30:.2f} GiB ({growth:+.1%})")
+    assert plain_checked >= SOAK_COUNT // 10
+    assert growth < MAX_RSS_GROWTH
+    assert server.tracebacks() == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two clients, forced unloading (a server without a cache: every prompt really runs)
+
+@pytest.fixture(scope="module")
+def uncached_server(tiny_models):
+    server = start_server(tiny_models, "--cache-none")
+    yield server
+    server.cleanup()
+
+
+def test_two_clients_interleaved_match_sequential_runs(uncached_server):
+    server = uncached_server
+    rng = random.Random(3)
+    prompts = {name: [regional_flux(rng) for _ in range(3)] for name in ("a", "b")}
+    sequential = {name: [pixels(server, run_ok(server, p))[0] for p in ps] for name, ps in prompts.items()}
+
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def client_run(name: str) -> None:
+        client = server.new_client()
+        try:
+            ids = [client.queue(p) for p in prompts[name]]  # both clients queue at once, so the queue interleaves
+            results[name] = [client.wait(i, timeout=600) for i in ids]
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+        finally:
+            client.stop()
+
+    threads = [threading.Thread(target=client_run, args=(n,)) for n in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for name in prompts:
+        for expected, result in zip(sequential[name], results[name]):
+            assert result.status == "success", result.error
+            assert np.array_equal(pixels(server, result)[0], expected)
+
+
+@pytest.mark.parametrize("make", [lambda: regional_flux(random.Random(5)), lambda: lsregen(random.Random(5))],
+                         ids=["regional_flux", "lsregen"])
+def test_unloading_models_between_prompts_changes_nothing(uncached_server, make):
+    server = uncached_server
+    first = pixels(server, run_ok(server, make()))
+    server.free(unload_models=True, free_memory=True)
+    second = pixels(server, run_ok(server, make()))
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ComfyUI's cache
+
+def descendants(prompt: dict, node_id: str) -> set[str]:
+    """Nodes that depend on `node_id` (directly or not), plus itself."""
+    found, frontier = {node_id}, [node_id]
+    while frontier:
+        current = frontier.pop()
+        for other, node in prompt.items():
+            links = [v for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2]
+            if other not in found and any(str(link[0]) == current for link in links):
+                found.add(other)
+                frontier.append(other)
+    return found
+
+
+def regions_node(prompt: dict) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == "RL_RegionsFromMasks")
+
+
+def test_cache_reruns_exactly_what_a_change_touches(comfy_server):
+    server = comfy_server
+    prompt = graphs.regional_flux(width=64, height=64, steps=1, overlay=True)
+    run_ok(server, prompt)
+    again = run_ok(server, prompt)
+    pack_nodes = {k for k, v in prompt.items() if v["class_type"].startswith("RL_")}
+    assert not pack_nodes & set(again.executed_nodes), "an unchanged prompt re-ran the pack's nodes"
+
+    # Change one region's prompt: what depends on the regions re-runs, nothing else.
+    changed = graphs.regional_flux(width=64, height=64, steps=1, overlay=True,
+                                   prompts=(graphs.REGION_PROMPTS[0], "a green pear"))
+    result = run_ok(server, changed)
+    assert set(result.executed_nodes) == descendants(changed, regions_node(changed))
+
+    # Change one mask (its SolidMask value): the mask chain and what depends on it re-run.
+    masked = graphs.regional_flux(width=64, height=64, steps=1, overlay=True,
+                                  prompts=(graphs.REGION_PROMPTS[0], "a green pear"), mask_value=0.5)
+    result = run_ok(server, masked)
+    touched = {k for k in masked if masked[k] != changed.get(k)}
+    assert touched, "the mask change did not change the prompt"
+    expected = set().union(*(descendants(masked, k) for k in touched))
+    assert set(result.executed_nodes) == expected
+    assert regions_node(masked) in expected
