@@ -3,11 +3,15 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .region_overlay import RegionOverlay
+from .regional_flux_patch import RegionalFluxPatch
+from .regional_prompt_encode import RegionalPromptEncode
 from .regions_from_masks import RegionsFromMasks
 
 NODES: list[type[io.ComfyNode]] = [
     RegionsFromMasks,
     RegionOverlay,
+    RegionalPromptEncode,
+    RegionalFluxPatch,
 ]
 
 
