@@ -218,3 +218,70 @@ def test_region_isolation(flux):
     inside = inside[:HEIGHT // 8, :WIDTH // 8]
     assert torch.equal(outputs[0][..., inside], outputs[1][..., inside])
     assert not torch.equal(outputs[0][..., ~inside], outputs[1][..., ~inside])
+
+
+def test_thirty_two_regions_match_the_reference():
+    """At least 32 regions: a 4 x 8 grid of masks on a 128 x 256 px picture (8 x 16 tokens)."""
+    height, width = 128, 256
+    masks = torch.stack([rect(height, width, r * 16, (r + 1) * 16, c * 32, (c + 1) * 32)
+                         for r in range(4) for c in range(8)])
+    tm = region_token_masks(masks, height // 8, width // 8, background=True)
+    assert tm.hard.shape[0] == 33 and tm.disjoint  # the background takes the lower half
+    gen = torch.Generator().manual_seed(32)
+    text_lens = tuple(int(n) for n in torch.randint(1, 4, (33,), generator=gen))
+    L = 5 + sum(text_lens) + tm.hard.shape[1]
+    q, k, v = (torch.randn(1, 2, L, 8, generator=gen) for _ in range(3))
+    ours = regional_attention(q, k, v, SequencePlan(5, text_lens, tm), 0.2)
+    torch.testing.assert_close(ours, naive_reference(q, k, v, 5, text_lens, tm.hard, 0.2), atol=1e-5, rtol=0)
+
+
+def test_soft_masks_use_the_weighted_rules():
+    """Feathered masks: the dense path applies the soft rules (log-weights), checked against a loop version."""
+    height, width = 88, 120
+    masks = torch.stack(layouts(height, width)[0][:2])
+    tm = region_token_masks(masks, height // 8, width // 8, feathers=[24.0, 0.0])
+    assert tm.soft
+    w = tm.weights
+    assert ((w[0] > 0) & (w[0] < 1)).any() and set(w[1].unique().tolist()) <= {0.0, 1.0}
+    text_lens, t0 = (2, 3), 4
+    n_txt, n_img = 5, w.shape[1]
+    owner = [0, 0, 1, 1, 1]
+    weight = torch.zeros(n_txt + n_img, n_txt + n_img)
+    u = w.max(0).values
+    for a in range(n_txt + n_img):
+        for b in range(n_txt + n_img):
+            if a < n_txt and b < n_txt:
+                weight[a, b] = float(owner[a] == owner[b])
+            elif a < n_txt:
+                weight[a, b] = w[owner[a], b - n_txt]
+            elif b < n_txt:
+                weight[a, b] = w[owner[b], a - n_txt]
+            else:
+                p, r = a - n_txt, b - n_txt
+                shared = max(min(w[i, p], w[i, r]) for i in range(2))
+                weight[a, b] = max(shared, min(1 - u[p], 1 - u[r]))
+    gen = torch.Generator().manual_seed(0)
+    L = t0 + n_txt + n_img
+    q, k, v = (torch.randn(1, 2, L, 8, generator=gen) for _ in range(3))
+    sl = slice(t0, L)
+    regional = F.scaled_dot_product_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl], attn_mask=torch.log(weight))
+    ours = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm), 0.0).view(1, L, 2, 8).transpose(1, 2)
+    torch.testing.assert_close(ours[:, :, sl], regional, atol=1e-5, rtol=0)
+
+
+def test_block_lists_and_control_steps():
+    from regional_layout.attention_patches.flux_patch import parse_blocks, step_is_controlled
+
+    assert parse_blocks("all", 4) == {0, 1, 2, 3}
+    assert parse_blocks("none", 4) == parse_blocks("", 4) == set()
+    assert parse_blocks("every 2", 5) == {0, 2, 4}
+    assert parse_blocks("every 3 from 1", 8) == {1, 4, 7}
+    assert parse_blocks("0-2, 5", 8) == {0, 1, 2, 5}
+    for bad in ("0-x", "9", "3-1", "every 0"):
+        with pytest.raises(ValueError, match="blocks"):
+            parse_blocks(bad, 8)
+    schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    opts = lambda sigma: {"sample_sigmas": schedule, "sigmas": torch.tensor([sigma])}  # noqa: E731
+    assert step_is_controlled(opts(1.0), 2) and step_is_controlled(opts(0.6), 2)  # 0.6: a sub-step of step 1
+    assert not step_is_controlled(opts(0.5), 2) and not step_is_controlled(opts(1.0), 0)
+    assert step_is_controlled(opts(0.25), 4)
