@@ -156,9 +156,14 @@ class RegionalFluxWrapper:
         texts = self.region_texts(plan).to(context.device, context.dtype)
         context = torch.cat([context, texts.expand(context.shape[0], -1, -1)], dim=1)
         opts = dict(transformer_options)
+        calls = []
         opts["optimized_attention_override"] = regional_override(
-            plan, self.options, transformer_options.get("optimized_attention_override"))
-        return executor(x, timestep, context, y, guidance, ref_latents, control, opts, **kwargs)
+            plan, self.options, transformer_options.get("optimized_attention_override"), calls)
+        out = executor(x, timestep, context, y, guidance, ref_latents, control, opts, **kwargs)
+        if not calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
+            raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
+                             "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
+        return out
 
     def plan(self, latent_h: int, latent_w: int, base_len: int, n_extra: int = 0) -> SequencePlan:
         key = (latent_h, latent_w, base_len, n_extra)
@@ -185,9 +190,9 @@ def _extra_tokens(ref_latents) -> int:
     return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
 
 
-def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None):
+def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None):
     """An `optimized_attention_override` for one call: regional attention in the selected blocks, plain attention
-    over the base tokens elsewhere (through `previous`, or the back end ComfyUI chose)."""
+    over the base tokens elsewhere (through `previous`, or the back end ComfyUI chose). Appends to `calls`."""
 
     def plain_call(func, q, k, v, heads, **kwargs):
         if previous is not None:
@@ -205,6 +210,8 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
             raise ValueError("Regional FLUX: the conditioning carries an attention mask; regional prompting "
                              "cannot combine with it (remove the masked conditioning)")
         kind, index = opts.get("block_type"), opts.get("block_index")
+        if calls is not None:
+            calls.append((kind, index))
         selected = options.double_blocks if kind == "double" else options.single_blocks
         if index in selected:
             return regional_attention(q, k, v, plan, options.beta)

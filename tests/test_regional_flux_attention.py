@@ -285,3 +285,27 @@ def test_block_lists_and_control_steps():
     assert step_is_controlled(opts(1.0), 2) and step_is_controlled(opts(0.6), 2)  # 0.6: a sub-step of step 1
     assert not step_is_controlled(opts(0.5), 2) and not step_is_controlled(opts(1.0), 0)
     assert step_is_controlled(opts(0.25), 4)
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "sub_quad", "split", "basic"])
+def test_every_cpu_attention_back_end_and_a_chained_override(flux, backend):
+    """An override already set (here: one that forces a ComfyUI back end) is kept: it runs the plain work of the
+    unselected blocks; the masked blocks never depend on the back end, so no back end can drop the mask."""
+    from comfy.ldm.modules import attention
+
+    func = attention.attention_basic if backend == "basic" else attention.get_attention_function(backend)
+    used = []
+
+    def force_backend(_func, *args, **kwargs):
+        used.append(1)
+        return func(*args, **kwargs)
+
+    x = inputs()
+    cond = regional_cond(embeds([3, 5]), background=True)
+    some_blocks = wrapper_for(cond, double_blocks=frozenset({0}), single_blocks=frozenset({1}))
+    reference = run(flux, some_blocks, **x)
+    chained = run(flux, some_blocks, override=force_backend, **x)
+    assert used, "the chained override was dropped"
+    torch.testing.assert_close(chained, reference, atol=1e-4, rtol=1e-4)
+    all_blocks = wrapper_for(cond)
+    assert torch.equal(run(flux, all_blocks, override=force_backend, **x), run(flux, all_blocks, **x))
