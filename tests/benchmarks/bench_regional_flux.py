@@ -41,6 +41,7 @@ def _paths() -> None:
     from comfy.cli_args import args
 
     args.cpu = True
+    args.use_pytorch_cross_attention = True  # as the test server runs: plain FLUX uses torch SDPA (flash on CPU)
 
 
 class PeakRss:
