@@ -194,23 +194,30 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     out = torch.empty_like(q)
     img_out = torch.empty_like(qi)
     for s, e, ts, tl in table:
-        qg = torch.cat([q[:, :, ts:ts + tl], qi[:, :, s:e]], 2) if tl else qi[:, :, s:e]
-        own_img = attention_lse(qg, kb[:, :, t0 + s:t0 + e], vb[:, :, t0 + s:t0 + e])
-        parts = [own_img] + ([attention_lse(qg, k[:, :, ts:ts + tl], v[:, :, ts:ts + tl])] if tl else [])
-        regional = merge_partials(parts)[0]
-        if tl:
-            out[:, :, ts:ts + tl] = regional[:, :, :tl].to(q.dtype)
-        blended = regional[:, :, tl:]
+        k_own, v_own = kb[:, :, t0 + s:t0 + e], vb[:, :, t0 + s:t0 + e]
+        if tl:  # region text rows: own text + own image
+            k_txt, v_txt = k[:, :, ts:ts + tl], v[:, :, ts:ts + tl]
+            qt = q[:, :, ts:ts + tl]
+            out[:, :, ts:ts + tl] = merge_partials([attention_lse(qt, k_txt, v_txt),
+                                                    attention_lse(qt, k_own, v_own)])[0].to(q.dtype)
+        # image rows: every partial once, then one weighted sum = (1 - beta) * regional + beta * base
+        qg = qi[:, :, s:e]
+        own = attention_lse(qg, k_own, v_own)
+        regional = [own] + ([attention_lse(qg, k_txt, v_txt)] if tl else [])
+        reg_lse = torch.logsumexp(torch.stack([p[1] for p in regional]), 0)
+        terms = [(o, (1 - beta) * torch.exp(lse - reg_lse)) for o, lse in regional]
         if beta > 0:
-            base_parts = [(own_img[0][:, :, tl:], own_img[1][:, :, tl:])]
-            for lo, hi in ((0, t0 + s), (t0 + e, kb.shape[2])):
-                if hi > lo:
-                    base_parts.append(attention_lse(qi[:, :, s:e], kb[:, :, lo:hi], vb[:, :, lo:hi]))
-            blended = torch.lerp(blended, merge_partials(base_parts)[0], beta)
-        img_out[:, :, s:e] = blended.to(q.dtype)
+            base = [own] + [attention_lse(qg, kb[:, :, lo:hi], vb[:, :, lo:hi])
+                            for lo, hi in ((0, t0 + s), (t0 + e, kb.shape[2])) if hi > lo]
+            base_lse = torch.logsumexp(torch.stack([p[1] for p in base]), 0)
+            terms[0] = (own[0], terms[0][1] + beta * torch.exp(own[1] - base_lse))
+            terms += [(o, beta * torch.exp(lse - base_lse)) for o, lse in base[1:]]
+        acc = terms[0][0].float().mul_(terms[0][1][..., None])  # float32 (same-dtype ops are the fast ones)
+        for o, w in terms[1:]:
+            acc.addcmul_(o.float(), w[..., None])
+        img_out[:, :, s:e] = acc
     out.index_copy_(2, img_order, img_out)
-    base_rows = [(0, t0), (img + n_img, plan.length)]
-    for lo, hi in base_rows:
+    for lo, hi in ((0, t0), (img + n_img, plan.length)):  # base text and extra rows: plain attention
         if hi > lo:
             out[:, :, lo:hi] = attention_lse(q[:, :, lo:hi], kb, vb)[0]
     return out
