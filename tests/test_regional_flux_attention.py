@@ -189,7 +189,8 @@ def capture_blocks(store):
     return {"dit": {(f"{kind}_block", i): make(kind) for kind in ("double", "single") for i in range(2)}}
 
 
-def test_region_isolation(flux):
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "grouped"])
+def test_region_isolation(flux, dense):
     """Test 3: with beta = 0 in masked blocks, changing region 2's prompt changes neither region 1's image tokens
     nor region 1's prompt tokens, in any block's hidden states or in the output."""
     x = inputs()
@@ -198,7 +199,7 @@ def test_region_isolation(flux):
     states, outputs = [], []
     for region_embeds in (first, second):
         store = []
-        wrapper = wrapper_for(regional_cond(region_embeds), beta=0.0)
+        wrapper = wrapper_for(regional_cond(region_embeds), beta=0.0, force_dense=dense)
         outputs.append(run(flux, wrapper, patches_replace=capture_blocks(store), **x))
         states.append(store)
     plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, 7)
