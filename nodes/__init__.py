@@ -4,6 +4,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .region_overlay import RegionOverlay
+from .regional_flux_patch import RegionalFluxPatch
+from .regional_prompt_encode import RegionalPromptEncode
 from .regions_from_masks import RegionsFromMasks
 
 NODES: list[type[io.ComfyNode]] = [
@@ -11,6 +13,8 @@ NODES: list[type[io.ComfyNode]] = [
     RegionOverlay,
     RegionLayoutNode,
     RegionsFromColorMap,
+    RegionalPromptEncode,
+    RegionalFluxPatch,
 ]
 
 

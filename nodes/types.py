@@ -6,3 +6,6 @@ from comfy_api.latest import io
 Regions = io.Custom("RL_REGIONS")
 
 CATEGORY = "regional_layout"
+
+# An attention_patches.regional_cond.RegionalConditioning: per-region T5 embeddings (real tokens) and masks.
+RegionalCond = io.Custom("RL_REGIONAL_COND")

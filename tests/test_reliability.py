@@ -66,8 +66,10 @@ def editor_layout(rng: random.Random) -> dict:
 
 
 def lsregen(rng: random.Random) -> dict:
-    return graphs.lsregen_pipeline(width=128, height=128, prior_size=64, steps=2, inversion_steps=2,
-                                   seed=rng.randint(0, 9))
+    prompt = graphs.lsregen_pipeline(width=128, height=128, prior_size=64, steps=3, inversion_steps=2,
+                                     seed=rng.randint(0, 9)).finalize()
+    prompt["prior"]["inputs"]["steps"] = 2
+    return prompt
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Benchmark: per-step time and peak memory of plain FLUX against Regional FLUX (R = 1, 2, 4, 8, 16 regions).
+
+A full-width FLUX block stack (hidden 3072, 24 heads, FLUX.1's RoPE axes, random weights; 1 double + 1 single
+block by default) built from ComfyUI's own Flux class, in bfloat16 as FLUX runs. Plain FLUX gets the base prompt
+as ComfyUI pads it (256 T5 tokens); each region adds a ~20-word prompt (30 real T5 tokens), beta = 0.2, every block
+controlled. Configurations are interleaved within each round; the table shows the median over the rounds.
+Peak memory (one more step per configuration, after the timed rounds) is the process's peak resident set during
+the step minus the resident set before it (Linux).
+
+    python3 scripts/dev.py python tests/benchmarks/bench_regional_flux.py          # or, with the venv:
+    COMFYUI_PATH=.comfyui PYTHONPATH=.comfyui:scripts:.cache/import .venv/bin/python tests/benchmarks/bench_regional_flux.py
+
+Ends with: regional_flux: r4_time_ratio=… r16_time_ratio=… r16_extra_peak_mem_gb=… (for 1024x1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_TOKENS = 256      # ComfyUI's FLUX T5 tokenizer pads the prompt to at least 256 tokens
+REGION_TOKENS = 30     # a ~20-word prompt, real tokens only
+
+
+def _paths() -> None:
+    link = REPO / ".cache" / "import" / "regional_layout"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(REPO, target_is_directory=True)
+    comfy = Path(os.environ.get("COMFYUI_PATH", REPO / ".comfyui"))
+    for p in (str(link.parent), str(REPO / "scripts"), str(comfy)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    args.use_pytorch_cross_attention = True  # as the test server runs: plain FLUX uses torch SDPA (flash on CPU)
+
+
+class PeakRss:
+    """Peak resident memory of a block of code (Linux: VmHWM, reset through /proc/self/clear_refs)."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL("libc.so.6")
+
+    def fix_mmap_threshold(self) -> None:
+        """Large tensors go back to the OS when freed (M_MMAP_THRESHOLD fixed at 128 KiB), so the resident set
+        follows what is live. Costs page faults: call it after the timed rounds."""
+        self.libc.mallopt(-3, 128 * 1024)
+
+    @staticmethod
+    def _status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def __enter__(self) -> "PeakRss":
+        gc.collect()
+        self.libc.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        self.base = self._status("VmRSS:")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak = self._status("VmHWM:") - self.base
+
+
+def region_masks(regions: int, size: int):
+    """`regions` rectangles tiling the picture (a near-square grid; the last row takes the rest)."""
+    import math
+
+    import torch
+
+    cols = math.ceil(math.sqrt(regions))
+    rows = math.ceil(regions / cols)
+    masks = []
+    for i in range(regions):
+        r, c = divmod(i, cols)
+        m = torch.zeros(size, size)
+        y0, y1 = r * size // rows, (r + 1) * size // rows
+        last_in_row = c == cols - 1 or i == regions - 1
+        x0, x1 = c * size // cols, size if last_in_row else (c + 1) * size // cols
+        if r == rows - 1 and i == regions - 1:
+            y1 = size
+        m[y0:y1, x0:x1] = 1
+        masks.append(m)
+    return torch.stack(masks)
+
+
+def make_wrapper(regions: int, size: int, dense: bool, beta: float, blocks: tuple[int, int]):
+    import torch
+
+    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
+    from regional_layout.attention_patches.regional_cond import RegionalConditioning
+    from regional_layout.layout.regions import Region, RegionLayout
+
+    gen = torch.Generator().manual_seed(regions)
+    layout = RegionLayout(size, size, tuple(Region(f"r{i}", m) for i, m in enumerate(region_masks(regions, size))))
+    embeds = tuple(torch.randn(1, REGION_TOKENS, 4096, generator=gen) for _ in range(regions))
+    options = RegionalFluxOptions(beta=beta, control_steps=1000, double_blocks=frozenset(range(blocks[0])),
+                                  single_blocks=frozenset(range(blocks[1])), force_dense=dense)
+    return RegionalFluxWrapper(RegionalConditioning(layout, embeds), options)
+
+
+def step(flux, inputs, wrapper):
+    import torch
+
+    opts = {"cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
+    if wrapper is not None:
+        opts["wrappers"] = {"diffusion_model": {"regional_flux": [wrapper]}}
+    with torch.inference_mode():
+        return flux(*inputs, transformer_options=opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1024,512", help="square picture sizes in pixels")
+    parser.add_argument("--regions", default="1,2,4,8,16")
+    parser.add_argument("--dense", default="4,16", help="region counts also timed on the exact dense path (the "
+                        "nodes' default)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--double", type=int, default=1, help="double blocks in the stack")
+    parser.add_argument("--single", type=int, default=1, help="single blocks in the stack")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--beta", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    _paths()
+    import torch
+
+    from rl_devkit.tiny_models import small_flux
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flux = small_flux(hidden_size=3072, num_heads=24, depth=args.double, depth_single_blocks=args.single,
+                      context_in_dim=4096, vec_in_dim=768, axes_dim=[16, 56, 56], dtype=torch.bfloat16)
+    peak = PeakRss()
+    regions = [int(r) for r in args.regions.split(",") if r]
+    dense = [int(r) for r in args.dense.split(",") if r]
+    print(f"FLUX stack: {args.double} double + {args.single} single blocks, hidden 3072, 24 heads, bfloat16, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds", flush=True)
+    summary = {}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        gen = torch.Generator().manual_seed(size)
+        inputs = (torch.randn(1, 16, size // 8, size // 8, generator=gen).bfloat16(), torch.tensor([1.0]),
+                  torch.randn(1, BASE_TOKENS, 4096, generator=gen).bfloat16(),
+                  torch.randn(1, 768, generator=gen).bfloat16(), torch.tensor([3.5]))
+        configs = {"plain": None}
+        configs.update({f"R={r}": make_wrapper(r, size, False, args.beta, (args.double, args.single))
+                        for r in regions})
+        configs.update({f"R={r} dense": make_wrapper(r, size, True, args.beta, (args.double, args.single))
+                        for r in dense})
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        mems: dict[str, list[int]] = {k: [] for k in configs}
+        for wrapper in configs.values():  # build the token plans ahead (sampling builds them once per run)
+            if wrapper is not None:
+                plan = wrapper.plan(size // 8, size // 8, BASE_TOKENS)
+                plan.dense_bias(torch.device("cpu"), torch.bfloat16) if plan.dense else plan.groups(torch.device("cpu"))
+        step(flux, inputs, None)  # warm-up
+        for _ in range(args.rounds):
+            for name, wrapper in configs.items():
+                started = time.perf_counter()
+                step(flux, inputs, wrapper)
+                times[name].append(time.perf_counter() - started)
+        peak.fix_mmap_threshold()
+        for name, wrapper in configs.items():  # memory: one more step each, after the timed rounds
+            with peak:
+                step(flux, inputs, wrapper)
+            mems[name].append(peak.peak)
+        t_plain = statistics.median(times["plain"])
+        m_plain = statistics.median(mems["plain"])
+        print(f"\n{size}x{size} ({(size // 16) ** 2} image tokens)")
+        print("| config | text tokens | step s (median) | time ratio | peak MB | extra peak GB |")
+        print("|---|---|---|---|---|---|")
+        for name in configs:
+            r = int(name.split("=")[1].split()[0]) if name != "plain" else 0
+            t, m = statistics.median(times[name]), statistics.median(mems[name])
+            print(f"| {name} | {BASE_TOKENS + r * REGION_TOKENS} | {t:.3f} | {t / t_plain:.3f} | {m / 2**20:.0f} | "
+                  f"{(m - m_plain) / 2**30:+.3f} |", flush=True)
+            summary[(size, name)] = (t / t_plain, (m - m_plain) / 2**30)
+    # the summary reports the default (dense) path where it was measured, else the grouped rows
+    r4 = summary.get((1024, "R=4 dense"), summary.get((1024, "R=4")))
+    r16 = summary.get((1024, "R=16 dense"), summary.get((1024, "R=16")))
+    if r4 and r16:
+        print(f"regional_flux: r4_time_ratio={r4[0]:.3f} r16_time_ratio={r16[0]:.3f} r16_extra_peak_mem_gb={r16[1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
