@@ -2,12 +2,18 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .gligen_prior import GligenLayoutPrior
+from .guided_sampler import BackwardGuidanceKSampler
+from .latent_inversion import LatentInversion
 from .region_overlay import RegionOverlay
 from .regions_from_masks import RegionsFromMasks
 
 NODES: list[type[io.ComfyNode]] = [
     RegionsFromMasks,
     RegionOverlay,
+    GligenLayoutPrior,
+    LatentInversion,
+    BackwardGuidanceKSampler,
 ]
 
 

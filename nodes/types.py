@@ -6,3 +6,6 @@ from comfy_api.latest import io
 Regions = io.Custom("RL_REGIONS")
 
 CATEGORY = "regional_layout"
+
+# A guidance.trajectory.Trajectory: the reference latents z_bar(sigma) that backward guidance pulls toward.
+Trajectory = io.Custom("RL_TRAJECTORY")
