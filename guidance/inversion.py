@@ -15,9 +15,14 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def invert_euler(denoise: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor,
-                 on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+                 on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 refine: int = 0) -> torch.Tensor:
     """Walk x0 (taken to sit at sigmas[0] > 0) up the ascending sigmas. Returns [T, B, C, H, W]: the state at
-    every sigma, states[0] = x0. on_step(i, denoised, x) runs after each model evaluation."""
+    every sigma, states[0] = x0. on_step(i, denoised, x) runs after each step's first model evaluation.
+
+    refine > 0 adds fixed-point iterations per step (one model evaluation each) that re-take the step with the
+    derivative at its end, x' = x + d(x', s') (s' - s): then one Euler step back from x' lands on x exactly
+    when they converge, so inversion followed by Euler sampling is a round trip."""
     if sigmas.numel() < 1 or float(sigmas[0]) <= 0:
         raise ValueError("inversion sigmas must start above 0 (start at the model's sigma_min)")
     if sigmas.numel() > 1 and not bool((sigmas[1:] > sigmas[:-1]).all()):
@@ -29,7 +34,11 @@ def invert_euler(denoise: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor,
         denoised = denoise(x, sigmas[i] * s_in)
         if on_step is not None:
             on_step(i, denoised, x)
-        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        step = sigmas[i + 1] - sigmas[i]
+        x_next = x + (x - denoised) / sigmas[i] * step
+        for _ in range(refine):
+            x_next = x + (x_next - denoise(x_next, sigmas[i + 1] * s_in)) / sigmas[i + 1] * step
+        x = x_next
         states.append(x)
     return torch.stack(states)
 

@@ -178,20 +178,21 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     return out
 
 
-def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states):
+def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states,
+                      lsregen_refine=0):
     def on_step(i, denoised, state):
         comfy.model_management.throw_exception_if_processing_interrupted()
         if callback is not None:
             callback({"x": state, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
     denoise = lambda v, s: model(v, s, **(extra_args or {}))  # noqa: E731
-    states = invert_euler(denoise, x, sigmas, on_step)
+    states = invert_euler(denoise, x, sigmas, on_step, lsregen_refine)
     lsregen_states.append(states.float().to(comfy.model_management.intermediate_device()))
     return states[-1]
 
 
 def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: float, inversion_steps: int,
-           method: str, seed: int) -> tuple[Trajectory, dict]:
+           method: str, seed: int, refine: int = 0) -> tuple[Trajectory, dict]:
     """The reference trajectory for the first ceil(fraction * steps) sigmas of a `steps`-step `scheduler`
     schedule: DDIM inversion (Euler on ascending sigmas, cfg 1, coarse grid of `inversion_steps` plus the
     guided sigmas), or forward noising x0 + sigma * eps (no model evaluations)."""
@@ -210,7 +211,8 @@ def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: 
         coarse = comfy.samplers.calculate_sigmas(model_sampling, scheduler, inversion_steps).float().cpu()
         grid = inversion_grid(targets, coarse, float(model_sampling.sigma_min))
         states: list[torch.Tensor] = []
-        sampler = comfy.samplers.KSAMPLER(_sample_inversion, extra_options={"lsregen_states": states})
+        sampler = comfy.samplers.KSAMPLER(_sample_inversion, extra_options={"lsregen_states": states,
+                                                                             "lsregen_refine": refine})
         callback, disable_pbar = _callback_and_pbar(model, len(grid) - 1)
         comfy.samplers.sample(model, torch.zeros_like(latent_image), positive, positive, 1.0, model.load_device,
                               sampler, grid, model_options=model.model_options, latent_image=latent_image,

@@ -39,6 +39,10 @@ class LatentInversion(io.ComfyNode):
                                      "sigmas (each costs one model evaluation). Fewer is faster, more is faithful."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
                              tooltip="Noise seed for forward_noise (unused by inversion)."),
+                io.Int.Input("refine", default=0, min=0, max=20,
+                             tooltip="Fixed-point iterations per inversion step (one model evaluation each): each "
+                                     "step is re-taken with the derivative at its end, so Euler sampling back "
+                                     "retraces it. 0 is plain DDIM inversion; 1-2 make it a near-exact round trip."),
             ],
             outputs=[
                 Trajectory.Output(display_name="trajectory",
@@ -49,11 +53,11 @@ class LatentInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, method, steps, scheduler, guidance_fraction, inversion_steps,
-                seed) -> io.NodeOutput:
+                seed, refine=0) -> io.NodeOutput:
         if not 0.0 <= guidance_fraction <= 1.0:
             raise ValueError(f"Latent Inversion: guidance_fraction must be in [0, 1], got {guidance_fraction}")
         if method not in METHODS:
             raise ValueError(f"Latent Inversion: method must be one of {METHODS}, got {method!r}")
         trajectory, noisy = invert(model, positive, latent, steps, scheduler, guidance_fraction, inversion_steps,
-                                   method, seed)
+                                   method, seed, refine)
         return io.NodeOutput(trajectory, noisy)
