@@ -118,6 +118,8 @@ def _sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=Non
     euler = comfy.samplers.ksampler("euler")
     x = euler.sampler_function(_GuidedDenoiser(model, guide), x, sigmas[:head + 1], extra_args=extra_args,
                                callback=step_callback, disable=disable)
+    if head >= total:
+        return x
 
     def tail_callback(d):
         if callback is not None:
@@ -136,15 +138,16 @@ def guided_sampler(sampler_name: str, plan: GuidancePlan) -> comfy.samplers.KSAM
 def check_trajectory(trajectory: Trajectory, model, latent: torch.Tensor, first_sigma: float) -> None:
     kind = model_kind(model)
     if trajectory.model_kind != kind:
-        raise ValueError(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is {kind}: "
-                         "invert with the same model")
+        raise ValueError(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
+                         f"{kind}: invert with the same model")
     shape, want = tuple(latent.shape), trajectory.latent_shape
     if shape[1:] != want[1:] or want[0] not in (1, shape[0]):
         raise ValueError(f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
                          "invert a latent of the same size (upscale the prior to this size first)")
     if first_sigma > trajectory.sigma_max * (1 + 1e-4) + 1e-6:
-        raise ValueError(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at sigma "
-                         f"{first_sigma:.4g}: invert with the same steps and scheduler and at least this fraction")
+        raise ValueError(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
+                         f"sigma {first_sigma:.4g}: invert with the same steps and scheduler and at least this "
+                         "fraction")
 
 
 def _callback_and_pbar(model, steps: int):

@@ -54,7 +54,8 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                                        "+ 2 gamma z_bar; (0, 0.5] pulls (0.5 snaps to z_bar, above 0.5 overshoots, "
                                        "above 1 diverges). Small boxes need a larger gamma. 0 = plain KSampler."),
                 io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
-                               tooltip="Guide the first ceil(fraction x steps) steps (paper: 0.1; more costs quality)."),
+                               tooltip="Guide the first ceil(fraction x steps) steps (paper: 0.1; more costs "
+                                       "quality)."),
                 io.Int.Input("guidance_iterations", default=1, min=1, max=100,
                              tooltip="Guidance updates per guided step."),
                 io.Combo.Input("feature", options=list(FEATURES), default="identity",

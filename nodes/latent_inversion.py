@@ -23,7 +23,8 @@ class LatentInversion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model the guided sampler uses (SDXL)."),
                 io.Conditioning.Input("positive",
                                       tooltip="Conditioning for the inversion, usually an empty prompt (cfg is 1)."),
-                io.Latent.Input("latent", tooltip="The prior, upscaled to the final size and encoded by this model's VAE."),
+                io.Latent.Input("latent",
+                                tooltip="The prior, upscaled to the final size and encoded by this model's VAE."),
                 io.Combo.Input("method", options=METHODS, default="inversion",
                                tooltip="inversion: DDIM inversion with the model (one evaluation per inversion "
                                        "step); forward_noise: z0 + sigma * noise at each sigma (free, less faithful)."),
@@ -46,7 +47,8 @@ class LatentInversion(io.ComfyNode):
             ],
             outputs=[
                 Trajectory.Output(display_name="trajectory",
-                                  tooltip="The inverted latents with their sigmas, for the Backward Guidance KSampler."),
+                                  tooltip="The inverted latents with their sigmas, for the Backward Guidance "
+                                          "KSampler."),
                 io.Latent.Output(display_name="noisy_latent", tooltip="The latent at the highest inverted sigma."),
             ],
         )
