@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import threading
 import time
@@ -119,7 +120,7 @@ def main() -> int:
 
     sdxl, sdxl_clip, sdxl_vae = load(graphs.SDXL)
     sd15, sd15_clip, sd15_vae = load(graphs.SD15)
-    gligen = comfy.sd.load_gligen(comfy.utils.load_torch_file(str(MODELS / "gligen" / graphs.GLIGEN)))
+    gligen = comfy.sd.load_gligen(str(MODELS / "gligen" / graphs.GLIGEN))
     positive = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize("a red car beside an oak tree"))
     negative = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize("blurry"))
     empty = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize(""))
@@ -148,26 +149,34 @@ def main() -> int:
 
     plain()  # warm-up: model loading and first-call costs stay out of the numbers
     trajectory, _ = pipeline()
-    best = {}
+    # Paired runs: each guided run and each pipeline is compared with the mean of the plain runs just before and
+    # after it, so load changes on a shared machine cancel; the median over repeats is reported.
+    best, step_ratios, pipeline_ratios = {}, [], []
+    _, before = timed(plain, cuda)
     for _ in range(args.repeats):
-        _, t_plain = timed(plain, cuda)
         _, t_guided_all = timed(lambda: guided(trajectory, 1.0), cuda)
         _, parts = pipeline()
-        for key, value in [("plain", t_plain), ("guided_all_steps", t_guided_all), *parts.items()]:
+        _, after = timed(plain, cuda)
+        reference = (before + after) / 2
+        step_ratios.append(t_guided_all / reference)
+        pipeline_ratios.append(sum(parts.values()) / reference)
+        for key, value in [("plain", reference), ("guided_all_steps", t_guided_all), *parts.items()]:
             best[key] = min(best.get(key, float("inf")), value)
+        before = after
     with PeakMemory(cuda) as mem_plain:
         plain()
     with PeakMemory(cuda) as mem_guided:
         guided(trajectory, 1.0)
 
     pipeline_total = sum(best[k] for k in ("prior", "upscale+encode", "inversion", "guided"))
-    step_ratio = best["guided_all_steps"] / best["plain"]
-    pipeline_ratio = pipeline_total / best["plain"]
+    step_ratio = statistics.median(step_ratios)
+    pipeline_ratio = statistics.median(pipeline_ratios)
     mem_ratio = mem_guided.peak / mem_plain.peak
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
     print(f"\nLSReGen benchmark: {device}; SDXL {size}x{size}, {steps} steps euler/normal cfg 7; prior "
           f"{args.prior_size}x{args.prior_size}, {args.prior_steps} steps; inversion {args.inversion_steps} coarse "
           f"steps + ceil({args.fraction}x{steps}) guided sigmas; models from {MODELS}")
+    print(f"(seconds: the fastest of {args.repeats} repeats; the summary ratios are medians of paired runs)")
     print(f"| {'measure':<40} | {'seconds':>9} | {'x plain':>8} |")
     print(f"|{'-' * 42}|{'-' * 11}|{'-' * 10}|")
     rows = [("plain SDXL KSampler", best["plain"]),
