@@ -9,3 +9,5 @@ CATEGORY = "regional_layout"
 
 # An attention_patches.regional_cond.RegionalConditioning: per-region T5 embeddings (real tokens) and masks.
 RegionalCond = io.Custom("RL_REGIONAL_COND")
+# A guidance.trajectory.Trajectory: the reference latents z_bar(sigma) that backward guidance pulls toward.
+Trajectory = io.Custom("RL_TRAJECTORY")

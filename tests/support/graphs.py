@@ -136,3 +136,54 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
         tinted = g.node("RL_RegionOverlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
         g.node("SaveImage", id="overlay", images=tinted.out(0), filename_prefix="regional_flux_overlay")
     return g.finalize()
+
+
+def lsregen_pipeline(*, width=1536, height=1024, prior_size=512, steps=30, inversion_steps=10, fraction=0.1,
+                     gamma=0.2, seed=0, prior_seed=0, method="inversion") -> GraphBuilder:
+    """The LSReGen pipeline: two mask regions -> GLIGEN prior (SD1.5) -> ImageScale -> VAEEncode (SDXL) ->
+    inversion -> backward-guided SDXL -> save, plus a region overlay. Node ids are stable names."""
+    g = graph()
+    sd15 = g.node("CheckpointLoaderSimple", id="sd15", ckpt_name=SD15)
+    gligen = g.node("GLIGENLoader", id="gligen", gligen_name=GLIGEN)
+    sdxl = g.node("CheckpointLoaderSimple", id="sdxl", ckpt_name=SDXL)
+    # Region 1: the left 40 % of the picture; region 2: the rest (canvas minus region 1).
+    canvas = g.node("SolidMask", id="canvas", value=1.0, width=width, height=height)
+    left_solid = g.node("SolidMask", id="left_solid", value=1.0, width=width * 2 // 5, height=height)
+    empty = g.node("SolidMask", id="empty", value=0.0, width=width, height=height)
+    left = g.node("MaskComposite", id="left", destination=empty.out(0), source=left_solid.out(0), x=0, y=0,
+                  operation="add")
+    right = g.node("MaskComposite", id="right", destination=canvas.out(0), source=left_solid.out(0), x=0, y=0,
+                   operation="subtract")
+    left_img = g.node("MaskToImage", id="left_img", mask=left.out(0))
+    right_img = g.node("MaskToImage", id="right_img", mask=right.out(0))
+    batch = g.node("ImageBatch", id="batch", image1=left_img.out(0), image2=right_img.out(0))
+    masks = g.node("ImageToMask", id="masks", image=batch.out(0), channel="red")
+    regions = g.node("RL_RegionsFromMasks", id="regions", masks=masks.out(0),
+                     prompts="a red vintage car\na large oak tree", width=width, height=height,
+                     base_prompt="a country road at sunset, photo", background_prompt="", feather=0.0)
+    prior = g.node("RL_GligenLayoutPrior", id="prior", model=sd15.out(0), clip=sd15.out(1), vae=sd15.out(2),
+                   gligen=gligen.out(0), prompt="", negative="blurry, lowres", seed=prior_seed, steps=20, cfg=7.5,
+                   sampler_name="euler", scheduler="normal", width=prior_size, height=prior_size,
+                   regions=regions.out(0), boxes="")
+    g.node("SaveImage", id="save_prior", images=prior.out(0), filename_prefix="lsregen/prior")
+    upscaled = g.node("ImageScale", id="upscale", image=prior.out(0), upscale_method="bicubic", width=width,
+                      height=height, crop="disabled")
+    encoded = g.node("VAEEncode", id="encode", pixels=upscaled.out(0), vae=sdxl.out(2))
+    positive = g.node("CLIPTextEncode", id="positive", clip=sdxl.out(1),
+                      text="a red vintage car parked beside a large oak tree on a country road at sunset, photo")
+    negative = g.node("CLIPTextEncode", id="negative", clip=sdxl.out(1), text="blurry, lowres")
+    empty_prompt = g.node("CLIPTextEncode", id="empty_prompt", clip=sdxl.out(1), text="")
+    inversion = g.node("RL_LatentInversion", id="inversion", model=sdxl.out(0), positive=empty_prompt.out(0),
+                       latent=encoded.out(0), method=method, steps=steps, scheduler="normal",
+                       guidance_fraction=fraction, inversion_steps=inversion_steps, seed=seed, refine=0)
+    latent = g.node("EmptyLatentImage", id="latent", width=width, height=height, batch_size=1)
+    sampled = g.node("RL_BackwardGuidanceKSampler", id="guided", model=sdxl.out(0), seed=seed, steps=steps,
+                     cfg=7.0, sampler_name="euler", scheduler="normal", positive=positive.out(0),
+                     negative=negative.out(0), latent_image=latent.out(0), denoise=1.0, trajectory=inversion.out(0),
+                     guidance_scale=gamma, guidance_fraction=fraction, guidance_iterations=1, feature="identity",
+                     distance="squared_l2", regions=regions.out(0))
+    decoded = g.node("VAEDecode", id="decode", samples=sampled.out(0), vae=sdxl.out(2))
+    g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="lsregen/result")
+    overlay = g.node("RL_RegionOverlay", id="overlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
+    g.node("SaveImage", id="save_overlay", images=overlay.out(0), filename_prefix="lsregen/overlay")
+    return g

@@ -1,0 +1,225 @@
+"""LSReGen on ComfyUI's own sampling machinery: a KSAMPLER that wraps any sampler with backward guidance,
+latent inversion as a KSAMPLER, and the KSampler-equivalent entry points the nodes call.
+
+How the guided sampler reaches x between steps without copying a sampler loop: the chosen sampler runs once
+over all sigmas, on a thin wrapper of its denoiser. At the first model call of each guided step i (sigma ==
+sigmas[i], before the sampler's callback for that step) the wrapper updates the sampler's own x in place,
+z <- z - gamma * grad D. The sampler then continues with that x, so multistep history, ancestral noise and
+progress callbacks are the sampler's own. Each guided step is verified at the callback (the callback's x must
+be the tensor that was guided); samplers that evaluate the model on a derived tensor, or on sigmas off the
+schedule, are in FALLBACK_SAMPLERS: their guided head runs as Euler (DDIM) steps and the chosen sampler
+then runs the rest of the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from .backward import GuidanceSettings, distance, guidance_step
+from .inversion import inversion_grid, invert_euler
+from .trajectory import Trajectory, forward_noise, guided_steps
+
+# Samplers whose model calls do not all land on the state tensor at the schedule's sigmas (see module doc).
+FALLBACK_SAMPLERS = frozenset({
+    "uni_pc", "uni_pc_bh2", "dpm_fast", "dpm_adaptive",  # not one schedule sigma per model call
+    "heun", "heunpp2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",  # 2nd call after callback
+    "ipndm", "ipndm_v", "deis",  # callback reports a stale x, so the guided step cannot be verified
+})
+
+
+@dataclass
+class GuidedStep:
+    step: int
+    sigma: float
+    distance_before: float
+    distance_after: float
+    on_state: bool = False  # the sampler's callback for this step saw the guided tensor
+
+
+@dataclass
+class GuidancePlan:
+    trajectory: Trajectory
+    settings: GuidanceSettings
+    fraction: float
+    mask: torch.Tensor | None = None  # (1 or B, 1, h, w) latent-resolution mask for the "masked" feature
+    log: list[GuidedStep] = field(default_factory=list)
+
+
+def model_kind(model) -> str:
+    return f"{type(model.model).__name__}/{type(model.model.latent_format).__name__}"
+
+
+class _StepGuide:
+    """Applies the guidance update at the first model call of each guided step (see module doc)."""
+
+    def __init__(self, plan: GuidancePlan, sigmas: torch.Tensor, guided: int, first_step: int = 0):
+        self.plan, self.sigmas, self.guided = plan, sigmas, guided
+        self.step, self.armed, self.pending = first_step, True, None
+
+    def before_model(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+        if not self.armed or self.step >= self.guided:
+            return
+        target = float(self.sigmas[self.step])
+        if not math.isclose(float(sigma.flatten()[0]), target, rel_tol=1e-5, abs_tol=1e-7):
+            return
+        ref = self.plan.trajectory.at(target).to(device=x.device, dtype=x.dtype)
+        mask = None if self.plan.mask is None else self.plan.mask.to(x.device)
+        before = distance(x, ref, self.plan.settings, mask)
+        x.copy_(guidance_step(x, ref, self.plan.settings, mask))
+        self.plan.log.append(GuidedStep(self.step, target, before, distance(x, ref, self.plan.settings, mask)))
+        self.pending, self.armed = x, False
+
+    def after_step(self, i: int, x: torch.Tensor) -> None:
+        if self.pending is not None and self.plan.log and self.plan.log[-1].step == i:
+            self.plan.log[-1].on_state = x is self.pending
+        self.pending, self.step, self.armed = None, i + 1, True
+
+
+class _GuidedDenoiser:
+    """The sampler's denoiser (KSamplerX0Inpaint), with the guide run before each call."""
+
+    def __init__(self, model, guide: _StepGuide):
+        self.model, self.guide = model, guide
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, sigma, **kwargs):
+        self.guide.before_model(x, sigma)
+        return self.model(x, sigma, **kwargs)
+
+
+def _sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_inner,
+                   lsregen_inner_name, lsregen_plan):
+    inner: comfy.samplers.KSAMPLER = lsregen_inner
+    plan: GuidancePlan = lsregen_plan
+    total = len(sigmas) - 1
+    guide = _StepGuide(plan, sigmas, guided_steps(total, plan.fraction))
+
+    def step_callback(d):
+        guide.after_step(d["i"], d["x"])
+        if callback is not None:
+            callback(d)
+
+    if lsregen_inner_name not in FALLBACK_SAMPLERS:
+        return inner.sampler_function(_GuidedDenoiser(model, guide), x, sigmas, extra_args=extra_args,
+                                      callback=step_callback, disable=disable, **inner.extra_options)
+    # Fallback: the guided head as Euler (DDIM) steps, then the chosen sampler on the rest of the schedule.
+    head = guide.guided
+    euler = comfy.samplers.ksampler("euler")
+    x = euler.sampler_function(_GuidedDenoiser(model, guide), x, sigmas[:head + 1], extra_args=extra_args,
+                               callback=step_callback, disable=disable)
+    if head >= total:
+        return x
+
+    def tail_callback(d):
+        if callback is not None:
+            callback({**d, "i": d["i"] + head})
+
+    return inner.sampler_function(model, x, sigmas[head:], extra_args=extra_args, callback=tail_callback,
+                                  disable=disable, **inner.extra_options)
+
+
+def guided_sampler(sampler_name: str, plan: GuidancePlan) -> comfy.samplers.KSAMPLER:
+    inner = comfy.samplers.sampler_object(sampler_name)
+    options = {"lsregen_inner": inner, "lsregen_inner_name": sampler_name, "lsregen_plan": plan}
+    return comfy.samplers.KSAMPLER(_sample_guided, extra_options=options, inpaint_options=inner.inpaint_options)
+
+
+def check_trajectory(trajectory: Trajectory, model, latent: torch.Tensor, first_sigma: float) -> None:
+    kind = model_kind(model)
+    if trajectory.model_kind != kind:
+        raise ValueError(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
+                         f"{kind}: invert with the same model")
+    shape, want = tuple(latent.shape), trajectory.latent_shape
+    if shape[1:] != want[1:] or want[0] not in (1, shape[0]):
+        raise ValueError(f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
+                         "invert a latent of the same size (upscale the prior to this size first)")
+    if first_sigma > trajectory.sigma_max * (1 + 1e-4) + 1e-6:
+        raise ValueError(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
+                         f"sigma {first_sigma:.4g}: invert with the same steps and scheduler and at least this "
+                         "fraction")
+
+
+def _callback_and_pbar(model, steps: int):
+    return latent_preview.prepare_callback(model, steps), not comfy.utils.PROGRESS_BAR_ENABLED
+
+
+def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
+    return comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                   scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+
+
+def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+           latent: dict, denoise: float = 1.0, plan: GuidancePlan | None = None) -> dict:
+    """KSampler (nodes.common_ksampler) step for step; with a plan, backward guidance in the first steps.
+    Without a plan, or with gamma = 0 or fraction 0, this is exactly ComfyUI's KSampler."""
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    if plan is not None and len(sigmas) > 1:
+        check_trajectory(plan.trajectory, model, latent_image, float(sigmas[0]))
+        if plan.settings.gamma > 0 and guided_steps(len(sigmas) - 1, plan.fraction) > 0:
+            sampler = guided_sampler(sampler_name, plan)
+    callback, disable_pbar = _callback_and_pbar(model, steps)
+    samples = comfy.samplers.sample(model, noise, positive, negative, cfg, model.load_device, sampler, sigmas,
+                                    model_options=model.model_options, latent_image=latent_image,
+                                    denoise_mask=latent.get("noise_mask"), callback=callback,
+                                    disable_pbar=disable_pbar, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples.to(comfy.model_management.intermediate_device())
+    return out
+
+
+def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states,
+                      lsregen_refine=0):
+    def on_step(i, denoised, state):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if callback is not None:
+            callback({"x": state, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+
+    denoise = lambda v, s: model(v, s, **(extra_args or {}))  # noqa: E731
+    states = invert_euler(denoise, x, sigmas, on_step, lsregen_refine)
+    lsregen_states.append(states.float().to(comfy.model_management.intermediate_device()))
+    return states[-1]
+
+
+def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: float, inversion_steps: int,
+           method: str, seed: int, refine: int = 0) -> tuple[Trajectory, dict]:
+    """The reference trajectory for the first ceil(fraction * steps) sigmas of a `steps`-step `scheduler`
+    schedule: DDIM inversion (Euler on ascending sigmas, cfg 1, coarse grid of `inversion_steps` plus the
+    guided sigmas), or forward noising x0 + sigma * eps (no model evaluations)."""
+    latent_image = latent["samples"]
+    model_sampling = model.get_model_object("model_sampling")
+    full = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
+    targets = full[:max(guided_steps(steps, fraction), 1)].float().cpu()
+    kind = model_kind(model)
+    if method == "forward_noise":
+        x0 = model.model.process_latent_in(latent_image.float())
+        sigmas = torch.cat([torch.zeros(1), targets.flip(0)])
+        noise = comfy.sample.prepare_noise(x0, seed, latent.get("batch_index"))
+        latents = forward_noise(x0, sigmas, noise)
+        trajectory = Trajectory(sigmas, latents, kind, method)
+    else:
+        coarse = comfy.samplers.calculate_sigmas(model_sampling, scheduler, inversion_steps).float().cpu()
+        grid = inversion_grid(targets, coarse, float(model_sampling.sigma_min))
+        states: list[torch.Tensor] = []
+        sampler = comfy.samplers.KSAMPLER(_sample_inversion, extra_options={"lsregen_states": states,
+                                                                             "lsregen_refine": refine})
+        callback, disable_pbar = _callback_and_pbar(model, len(grid) - 1)
+        comfy.samplers.sample(model, torch.zeros_like(latent_image), positive, positive, 1.0, model.load_device,
+                              sampler, grid, model_options=model.model_options, latent_image=latent_image,
+                              callback=callback, disable_pbar=disable_pbar, seed=seed)
+        trajectory = Trajectory(grid, states[0], kind, method)
+    final = model.model.process_latent_out(trajectory.latents[-1].clone())
+    return trajectory, {"samples": final.to(comfy.model_management.intermediate_device())}

@@ -1,0 +1,97 @@
+"""LSReGen step 3: KSampler with backward guidance toward the trajectory in its first steps."""
+
+import torch
+import torch.nn.functional as F
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
+from ..guidance.sampling import GuidancePlan, sample
+from .types import CATEGORY, Regions, Trajectory
+
+
+def layout_mask(regions, latent: torch.Tensor) -> torch.Tensor:
+    """(1, 1, h, w): the union of the region masks at the latent's resolution."""
+    union = regions.masks().amax(dim=0, keepdim=True).unsqueeze(0) if regions.regions else None
+    if union is None:
+        raise ValueError("regions: the layout has no regions, so the masked feature has nothing to keep")
+    return F.interpolate(union, size=latent.shape[-2:], mode="area")
+
+
+class BackwardGuidanceKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_BackwardGuidanceKSampler",
+            display_name="Backward Guidance KSampler (LSReGen)",
+            category=f"{CATEGORY}/lsregen",
+            description="KSampler that, during the first steps, pulls its noisy latent toward the layout prior's "
+                        "inverted latents: z <- z - gamma * grad D(feat(z), feat(z_bar)). Works with every sampler "
+                        "and scheduler; with gamma 0 or fraction 0 it is exactly KSampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model (SDXL) used for denoising the input latent."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="The random seed used for creating the noise."),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The number of denoising steps."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                               tooltip="Any sampler. Those that evaluate the model off the schedule or on derived "
+                                       "latents (uni_pc, dpm_fast/adaptive, heun, 2s/2-ancestral, ipndm, deis) run "
+                                       "their guided steps as Euler, then themselves."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                               tooltip="The scheduler."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent of the final size)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="The amount of denoising applied."),
+                Trajectory.Input("trajectory", tooltip="Reference latents from Latent Inversion (same model, size)."),
+                io.Float.Input("guidance_scale", default=0.2, min=0.0, max=10.0, step=0.01,
+                               tooltip="gamma. Distances are SUMS over all latent elements, so gamma means the same "
+                                       "at every size: with identity + squared_l2 each update is z <- (1 - 2 gamma) z "
+                                       "+ 2 gamma z_bar; (0, 0.5] pulls (0.5 snaps to z_bar, above 0.5 overshoots, "
+                                       "above 1 diverges). Small boxes need a larger gamma. 0 = plain KSampler."),
+                io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="Guide the first ceil(fraction x steps) steps (paper: 0.1; more costs "
+                                       "quality)."),
+                io.Int.Input("guidance_iterations", default=1, min=1, max=100,
+                             tooltip="Guidance updates per guided step."),
+                io.Combo.Input("feature", options=list(FEATURES), default="identity",
+                               tooltip="feat(z): identity (LSReGen), lowpass (4x4 average pool, the layout only) or "
+                                       "masked (only inside the regions; needs regions)."),
+                io.Combo.Input("distance", options=list(DISTANCES), default="squared_l2",
+                               tooltip="D, summed: squared_l2 (LSReGen; closed form with identity), l1 (each "
+                                       "element moves by gamma) or cosine (scale-free; 1 - cos per sample)."),
+                Regions.Input("regions", optional=True, tooltip="The layout, for the masked feature."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The denoised latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                trajectory, guidance_scale, guidance_fraction, guidance_iterations, feature, distance,
+                regions=None) -> io.NodeOutput:
+        name = "Backward Guidance KSampler"
+        if guidance_scale < 0:
+            raise ValueError(f"{name}: guidance_scale must be >= 0, got {guidance_scale}")
+        if not 0.0 <= guidance_fraction <= 1.0:
+            raise ValueError(f"{name}: guidance_fraction must be in [0, 1], got {guidance_fraction}")
+        try:
+            settings = GuidanceSettings(guidance_scale, feature, distance, guidance_iterations)
+            mask = layout_mask(regions, latent_image["samples"]) if feature == "masked" and regions is not None \
+                else None
+            if feature == "masked" and regions is None:
+                raise ValueError("regions: the masked feature needs the layout's regions connected")
+            plan = GuidancePlan(trajectory, settings, guidance_fraction, mask)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        try:
+            out = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                         plan)
+        except ValueError as err:
+            if str(err).startswith("trajectory:"):
+                raise ValueError(f"{name}: {err}") from None
+            raise
+        return io.NodeOutput(out)

@@ -1,0 +1,65 @@
+"""LSReGen step 2: the reference trajectory z_bar(sigma) of the upscaled, VAE-encoded prior."""
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..guidance.sampling import invert
+from .types import CATEGORY, Trajectory
+
+METHODS = ["inversion", "forward_noise"]
+
+
+class LatentInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RL_LatentInversion",
+            display_name="Latent Inversion (LSReGen)",
+            category=f"{CATEGORY}/lsregen",
+            description="Inverts a latent (the upscaled, VAE-encoded layout prior) with the SDXL model into the noisy "
+                        "latents at the guided sampler's first sigmas: deterministic DDIM inversion (Euler on "
+                        "ascending sigmas, cfg 1), or forward noising (no model evaluations).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the guided sampler uses (SDXL)."),
+                io.Conditioning.Input("positive",
+                                      tooltip="Conditioning for the inversion, usually an empty prompt (cfg is 1)."),
+                io.Latent.Input("latent",
+                                tooltip="The prior, upscaled to the final size and encoded by this model's VAE."),
+                io.Combo.Input("method", options=METHODS, default="inversion",
+                               tooltip="inversion: DDIM inversion with the model (one evaluation per inversion "
+                                       "step); forward_noise: z0 + sigma * noise at each sigma (free, less faithful)."),
+                io.Int.Input("steps", default=30, min=1, max=10000,
+                             tooltip="The guided sampler's steps: the trajectory holds its first sigmas exactly."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                               tooltip="The guided sampler's scheduler."),
+                io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="How far to invert: the first ceil(fraction x steps) sigmas of the schedule "
+                                       "(use the guided sampler's fraction or more)."),
+                io.Int.Input("inversion_steps", default=10, min=1, max=1000,
+                             tooltip="Coarse inversion grid: the schedule with this many steps, below the guided "
+                                     "sigmas (each costs one model evaluation). Fewer is faster, more is faithful."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Noise seed for forward_noise (unused by inversion)."),
+                io.Int.Input("refine", default=0, min=0, max=20,
+                             tooltip="Fixed-point iterations per inversion step (one model evaluation each): each "
+                                     "step is re-taken with the derivative at its end, so Euler sampling back "
+                                     "retraces it. 0 is plain DDIM inversion; 1-2 make it a near-exact round trip."),
+            ],
+            outputs=[
+                Trajectory.Output(display_name="trajectory",
+                                  tooltip="The inverted latents with their sigmas, for the Backward Guidance "
+                                          "KSampler."),
+                io.Latent.Output(display_name="noisy_latent", tooltip="The latent at the highest inverted sigma."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, method, steps, scheduler, guidance_fraction, inversion_steps,
+                seed, refine=0) -> io.NodeOutput:
+        if not 0.0 <= guidance_fraction <= 1.0:
+            raise ValueError(f"Latent Inversion: guidance_fraction must be in [0, 1], got {guidance_fraction}")
+        if method not in METHODS:
+            raise ValueError(f"Latent Inversion: method must be one of {METHODS}, got {method!r}")
+        trajectory, noisy = invert(model, positive, latent, steps, scheduler, guidance_fraction, inversion_steps,
+                                   method, seed, refine)
+        return io.NodeOutput(trajectory, noisy)
