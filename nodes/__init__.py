@@ -2,10 +2,10 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .gligen_prior import GligenLayoutPrior
 from .guided_sampler import BackwardGuidanceKSampler
 from .latent_inversion import LatentInversion
+from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .region_overlay import RegionOverlay
 from .regional_flux_patch import RegionalFluxPatch
 from .regional_prompt_encode import RegionalPromptEncode

@@ -25,9 +25,12 @@ def _import_paths() -> None:
     link_dir.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink():
         link.symlink_to(REPO, target_is_directory=True)
+    # `python -m pytest` puts the repo root first, where our `nodes/` would shadow ComfyUI's `nodes` module:
+    # move ComfyUI (and our helpers) to the very front even when PYTHONPATH already lists them.
     for path in (str(link_dir), str(REPO / "tests"), str(REPO / "scripts"), str(COMFYUI)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+        while path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
 
 
 def _configure_comfy() -> None:
