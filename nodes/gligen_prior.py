@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..guidance.gligen_prior import sample_prior
 from ..layout.boxes import boxes_from_layout, check_boxes, parse_boxes
+from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions
 
 
@@ -55,6 +56,8 @@ class GligenLayoutPrior(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, gligen, prompt, negative, seed, steps, cfg, sampler_name, scheduler,
                 width, height, regions=None, boxes="") -> io.NodeOutput:
+        finite("GLIGEN Layout Prior", "cfg", cfg, low=0.0)
+        sampler_and_scheduler("GLIGEN Layout Prior", sampler_name, scheduler)
         try:
             phrases = boxes_from_layout(regions) if regions is not None else []
             try:

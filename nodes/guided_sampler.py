@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
 from ..guidance.sampling import GuidancePlan, sample
+from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions, Trajectory
 
 
@@ -74,10 +75,11 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                 trajectory, guidance_scale, guidance_fraction, guidance_iterations, feature, distance,
                 regions=None) -> io.NodeOutput:
         name = "Backward Guidance KSampler"
-        if guidance_scale < 0:
-            raise ValueError(f"{name}: guidance_scale must be >= 0, got {guidance_scale}")
-        if not 0.0 <= guidance_fraction <= 1.0:
-            raise ValueError(f"{name}: guidance_fraction must be in [0, 1], got {guidance_fraction}")
+        finite(name, "guidance_scale", guidance_scale, low=0.0)
+        finite(name, "guidance_fraction", guidance_fraction, 0.0, 1.0)
+        finite(name, "cfg", cfg, low=0.0)
+        finite(name, "denoise", denoise, 0.0, 1.0)
+        sampler_and_scheduler(name, sampler_name, scheduler)
         try:
             settings = GuidanceSettings(guidance_scale, feature, distance, guidance_iterations)
             mask = layout_mask(regions, latent_image["samples"]) if feature == "masked" and regions is not None \

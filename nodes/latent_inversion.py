@@ -4,6 +4,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.sampling import invert
+from .checks import finite, one_of
 from .types import CATEGORY, Trajectory
 
 METHODS = ["inversion", "forward_noise"]
@@ -56,8 +57,8 @@ class LatentInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, method, steps, scheduler, guidance_fraction, inversion_steps,
                 seed, refine=0) -> io.NodeOutput:
-        if not 0.0 <= guidance_fraction <= 1.0:
-            raise ValueError(f"Latent Inversion: guidance_fraction must be in [0, 1], got {guidance_fraction}")
+        finite("Latent Inversion", "guidance_fraction", guidance_fraction, 0.0, 1.0)
+        one_of("Latent Inversion", "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
         if method not in METHODS:
             raise ValueError(f"Latent Inversion: method must be one of {METHODS}, got {method!r}")
         trajectory, noisy = invert(model, positive, latent, steps, scheduler, guidance_fraction, inversion_steps,

@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..layout.overlay import overlay_regions
+from .checks import finite
 from .types import CATEGORY, Regions
 
 
@@ -25,4 +26,5 @@ class RegionOverlay(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, regions, opacity) -> io.NodeOutput:
+        finite("Region Overlay", "opacity", opacity, 0.0, 1.0)
         return io.NodeOutput(overlay_regions(image, regions, opacity))

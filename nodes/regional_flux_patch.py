@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
+from .checks import finite
 from .types import CATEGORY, RegionalCond
 
 
@@ -52,6 +53,8 @@ class RegionalFluxPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, regional_cond, base_ratio, control_steps, double_blocks, single_blocks,
                 feather) -> io.NodeOutput:
+        finite("Regional FLUX Patch", "base_ratio", base_ratio, 0.0, 1.0)
+        finite("Regional FLUX Patch", "feather", feather, 0.0, 256.0)
         diffusion_model = flux1_model(model)
         if regional_cond.width != diffusion_model.params.context_in_dim:
             raise ValueError(f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "

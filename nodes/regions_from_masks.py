@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..layout.from_masks import layout_from_masks, split_prompts
+from .checks import finite
 from .types import CATEGORY, Regions
 
 
@@ -34,6 +35,7 @@ class RegionsFromMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, masks, prompts, width, height, base_prompt, background_prompt, feather) -> io.NodeOutput:
+        finite("Regions From Masks", "feather", feather, 0.0, 256.0)
         try:
             layout = layout_from_masks(masks, split_prompts(prompts), width=width, height=height,
                                        base_prompt=base_prompt, background_prompt=background_prompt, feather=feather)

@@ -30,7 +30,7 @@ class Case:
     name: str
     base: str                       # which valid prompt it breaks
     node: str                       # class_type of the node whose input is wrong
-    inputs: frozenset[str]          # an error must name one of these (input names, or words of the fix)
+    inputs: frozenset[str] | set[str]  # an error must name one of these (input names)
     change: Callable[[dict, str], None]  # (prompt, id of `node`) -> None, edits the prompt in place
 
 
@@ -98,7 +98,8 @@ CASES = [
     Case("masks-image-link", FLUX, MASKS, {"masks"}, link_input("masks", "MaskToImage")),
     Case("masks-missing", FLUX, MASKS, {"masks"}, drop_input("masks")),
     Case("masks-300-regions", FLUX, MASKS, {"masks", "regions"}, repeat_masks(300)),
-    Case("masks-link-to-nowhere", FLUX, MASKS, {"masks"}, set_input("masks", ["no_such_node", 0])),
+    # ComfyUI reports a dangling link on the node but without the input's name: the node is all we can ask for.
+    Case("masks-link-to-nowhere", FLUX, MASKS, frozenset(), set_input("masks", ["no_such_node", 0])),
     # Region Overlay
     Case("overlay-opacity-2", FLUX, OVERLAY, {"opacity"}, set_input("opacity", 2.0)),
     Case("overlay-opacity-nan", FLUX, OVERLAY, {"opacity"}, set_input("opacity", NAN)),
@@ -234,13 +235,16 @@ def test_bad_inputs_get_clear_node_errors_and_the_server_recovers(fresh_server):
         case.change(prompt, node_id(prompt, case.node))
         try:
             result = server.run(prompt, timeout=600)
-        except PromptRejected as rejected:  # validation: the error is keyed by node
-            errors = rejected.node_errors
+            errors, text = result.node_errors, str(result.node_errors)
+        except PromptRejected as rejected:  # validation failed for every output
+            errors, text = rejected.node_errors, rejected.text()
+        if errors:  # validation: the error is keyed by node (the other outputs may still have run)
             hit = [nid for nid, err in errors.items()
-                   if prompt.get(nid, {}).get("class_type") == case.node and names_input(error_text(err), case.inputs)]
+                   if prompt.get(nid, {}).get("class_type") == case.node
+                   and (not case.inputs or names_input(error_text(err), case.inputs))]
             if not hit:
                 failures.append(f"{case.name}: rejected without naming {sorted(case.inputs)} on {case.node}: "
-                                f"{rejected.text()[:300]}")
+                                f"{text[:300]}")
             continue
         if result.status != "error":
             failures.append(f"{case.name}: ran to {result.status}")
@@ -258,11 +262,15 @@ def test_bad_inputs_get_clear_node_errors_and_the_server_recovers(fresh_server):
 
 def test_broken_request_bodies_are_refused_and_the_server_stays_up(fresh_server):
     server = fresh_server
+    codes = {}
     for body in (b"{not json", b'{"prompt": "a string"}', b'{"prompt": {"1": {"class_type": "RL_Nope", "inputs": {}}}}',
                  json.dumps({"prompt": {"1": {"class_type": MASKS}}}).encode()):
         request = urllib.request.Request(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 400
+        codes[body[:40]] = refused.value.code
+    # ComfyUI 0.3.75 itself answers 500 to a body that is not JSON or whose prompt is not an object (its aiohttp
+    # handler raises); what reaches node validation must be a 400 with node errors.
+    garbage, prompts = list(codes.values())[:2], list(codes.values())[2:]
+    assert all(code >= 400 for code in garbage) and all(code == 400 for code in prompts), codes
     assert server.alive and server.get_json("/system_stats")
-

@@ -69,6 +69,8 @@ class PromptResult:
     status: str  # "success", "error" or "interrupted"
     outputs: dict
     events: list[dict] = field(default_factory=list)
+    # Outputs that failed validation while others still ran (ComfyUI then answers 200 and runs the rest).
+    node_errors: dict = field(default_factory=dict)
 
     def event_data(self, kind: str) -> list[dict]:
         return [e["data"] for e in self.events if e["type"] == kind]
@@ -114,6 +116,7 @@ class ComfyServer:
         self._ws: websocket.WebSocket | None = None
         self._ws_thread: threading.Thread | None = None
         self._owns_process = True
+        self._node_errors: dict[str, dict] = {}
 
     # ----- lifecycle -------------------------------------------------------------------------
     @property
@@ -272,13 +275,15 @@ class ComfyServer:
         if extra_data:
             body["extra_data"] = extra_data
         try:
-            return json.loads(self.request("/prompt", body))["prompt_id"]
+            answer = json.loads(self.request("/prompt", body))
         except urllib.error.HTTPError as err:
             payload = err.read()
             try:
                 raise PromptRejected(json.loads(payload)) from None
             except ValueError:
                 raise PromptRejected({"error": payload.decode(errors="replace")}) from None
+        self._node_errors[answer["prompt_id"]] = answer.get("node_errors") or {}
+        return answer["prompt_id"]
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         self.request("/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
@@ -320,7 +325,8 @@ class ComfyServer:
                 self._events_lock.wait(1.0)
         status = final[0]["type"].removeprefix("execution_")
         outputs = self._history_outputs(prompt_id) if status == "success" else {}
-        return PromptResult(prompt_id, status, outputs, self.events_for(prompt_id))
+        return PromptResult(prompt_id, status, outputs, self.events_for(prompt_id),
+                            self._node_errors.get(prompt_id, {}))
 
     def _history_outputs(self, prompt_id: str) -> dict:
         # The history entry is written just after the final websocket event.
