@@ -61,8 +61,9 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def start_server(tiny_models: Path, *extra_flags: str) -> ComfyServer:
-    return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags).start()
+def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = ()) -> ComfyServer:
+    return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags,
+                       extra_custom_nodes=extra_custom_nodes).start()
 
 
 @pytest.fixture(scope="session")
