@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .regions import MAX_REGIONS, Region, RegionLayout
+from .regions import MAX_REGIONS, Region, RegionLayout, check_layout_size
 
 VERSION = 1
 MAX_JSON_CHARS = 16_000_000
@@ -278,6 +278,7 @@ def rasterize_region(spec: RegionSpec, width: int, height: int) -> torch.Tensor:
 def build_layout(spec: LayoutSpec, width: int, height: int, base_prompt: str = "",
                  background_prompt: str = "") -> RegionLayout:
     """Rasterise every region at width x height; prompts in the JSON win over the given ones."""
+    check_layout_size(width, height, len(spec.regions))
     regions = tuple(Region(prompt=r.prompt, mask=rasterize_region(r, width, height), name=r.name, color=r.color,
                            feather=r.feather) for r in spec.regions)
     return RegionLayout(width, height, regions,

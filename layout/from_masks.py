@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .regions import MAX_REGIONS, Region, RegionLayout
+from .regions import MAX_REGIONS, Region, RegionLayout, check_layout_size
 
 
 def split_prompts(text: str) -> list[str]:
@@ -31,6 +31,7 @@ def layout_from_masks(masks: torch.Tensor, prompts: list[str], *, width: int, he
         raise ValueError(f"{masks.shape[0]} masks but {len(prompts)} prompts: give one prompt per line per mask")
     if masks.shape[0] > MAX_REGIONS:
         raise ValueError(f"{masks.shape[0]} masks; at most {MAX_REGIONS} regions are supported")
+    check_layout_size(width, height, masks.shape[0])
     if not torch.isfinite(masks).all():
         raise ValueError("masks contain NaN or infinite values")
     masks = resize_masks(masks, width, height).clamp(0, 1)

@@ -11,6 +11,16 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_REGIONS = 256
+# Regions x width x height, the float32 mask elements a layout holds: 2**29 is 2 GiB. A larger layout would only
+# be brought down to the model's grid (1/16 of each side for FLUX) anyway, so refuse it before allocating it.
+MAX_MASK_ELEMENTS = 2**29
+
+
+def check_layout_size(width: int, height: int, count: int) -> None:
+    if count * width * height > MAX_MASK_ELEMENTS:
+        raise ValueError(f"{count} regions at {width}x{height} need {count * width * height * 4 / 2**30:.1f} GiB of "
+                         f"masks (at most {MAX_MASK_ELEMENTS * 4 / 2**30:.0f} GiB): use a smaller width/height for "
+                         "the layout (masks are resized to the model's grid anyway) or fewer regions")
 
 
 @dataclass(frozen=True, eq=False)

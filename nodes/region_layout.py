@@ -61,11 +61,12 @@ class RegionLayoutNode(io.ComfyNode):
                                                                                               editor_state)
         try:
             spec = parse_layout_json(text, input_name=name, default_size=(width, height))
+            if name == "layout_json":
+                width, height = spec.width or width, spec.height or height
+            layout = build_layout(spec, width, height, base_prompt, background_prompt)
         except ValueError as err:
             raise ValueError(f"Region Layout: {err}") from None
-        if name == "layout_json":
-            width, height = spec.width or width, spec.height or height
-        outputs = layout_outputs(build_layout(spec, width, height, base_prompt, background_prompt))
+        outputs = layout_outputs(layout)
         if backdrop is not None:
             outputs.ui = {"rl_backdrop": save_backdrop(backdrop)}
         return outputs

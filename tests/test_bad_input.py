@@ -99,6 +99,8 @@ CASES = [
     Case("masks-missing", FLUX, MASKS, {"masks"}, drop_input("masks")),
     Case("masks-300-regions", FLUX, MASKS, {"masks", "regions"}, repeat_masks(300)),
     # ComfyUI reports a dangling link on the node but without the input's name: the node is all we can ask for.
+    Case("masks-layout-too-large", FLUX, MASKS, {"width/height", "regions"},
+         lambda p, nid: p[nid]["inputs"].update(width=16384, height=16384)),
     Case("masks-link-to-nowhere", FLUX, MASKS, frozenset(), set_input("masks", ["no_such_node", 0])),
     # Region Overlay
     Case("overlay-opacity-2", FLUX, OVERLAY, {"opacity"}, set_input("opacity", 2.0)),
@@ -118,6 +120,9 @@ CASES = [
     Case("editor-not-an-object", LAYOUT, EDITOR, {"editor_state"}, set_input("editor_state", "[1, 2, 3]")),
     Case("editor-oversized", LAYOUT, EDITOR, {"editor_state"},
          set_input("editor_state", editor_state([{"prompt": "x" * 17_000_000, "shapes": [RECT]}]))),
+    Case("editor-layout-too-large", LAYOUT, EDITOR, {"width/height", "regions"},
+         lambda p, nid: p[nid]["inputs"].update(width=16384, height=16384, editor_state=editor_state(
+             [{"prompt": f"r{i}", "shapes": [RECT]} for i in range(3)]))),
     Case("editor-width-8", LAYOUT, EDITOR, {"width"}, set_input("width", 8)),
     Case("editor-layout-json-broken", LAYOUT, EDITOR, {"layout_json"},
          add_node_and_link("layout_json", "PrimitiveString", {"value": "{broken"})),
