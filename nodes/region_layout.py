@@ -11,7 +11,7 @@ from ..layout.editor_state import (
     parse_layout_json,
 )
 from ..layout.from_masks import split_prompts
-from .types import CATEGORY, Regions
+from .types import CATEGORY, Regions, layout_inputs
 
 EMPTY_STATE = '{"version": 1, "regions": []}'
 BACKDROP_SIDE = 512  # the editor's backdrop preview is downscaled to this many pixels on its long side
@@ -27,14 +27,9 @@ class RegionLayoutNode(io.ComfyNode):
             description="Draw regions (rectangles, brush strokes) with a prompt each in the node's canvas, or pass "
                         "a layout JSON; gives the regions both regional methods consume, their masks and a preview.",
             inputs=[
-                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
-                             tooltip="Width of the picture the layout describes, in pixels."),
-                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
-                             tooltip="Height of the picture the layout describes, in pixels."),
-                io.String.Input("base_prompt", multiline=True, default="",
-                                tooltip="The prompt for the whole picture."),
-                io.String.Input("background_prompt", default="",
-                                tooltip="Prompt for the area no region covers; empty means no background region."),
+                *layout_inputs(width_tip="Width of the picture the layout describes, in pixels.",
+                               background_tip="Prompt for the area no region covers; empty means no background "
+                                              "region."),
                 io.String.Input("editor_state", default=EMPTY_STATE, socketless=True,
                                 tooltip="The editor's drawing as versioned JSON (written by the canvas; scripts "
                                         "may set it through the API). Schema: layout/editor_state.py."),
@@ -103,14 +98,9 @@ class RegionsFromColorMap(io.ComfyNode):
                                 tooltip="One prompt per line, one per colour, in reading order of the colours."),
                 io.Int.Input("tolerance", default=16, min=0, max=128,
                              tooltip="Colours this close (0-255 per channel) to a region's colour join it."),
-                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
-                             tooltip="Width of the picture the layout describes; the map is resized to it."),
-                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
-                             tooltip="Height of the picture the layout describes."),
-                io.String.Input("base_prompt", multiline=True, default="",
-                                tooltip="The prompt for the whole picture."),
-                io.String.Input("background_prompt", default="",
-                                tooltip="Prompt for the black (uncovered) area; empty means no background region."),
+                *layout_inputs(width_tip="Width of the picture the layout describes; the map is resized to it.",
+                               background_tip="Prompt for the black (uncovered) area; empty means no background "
+                                              "region."),
             ],
             outputs=[
                 Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..layout.from_masks import layout_from_masks, split_prompts
 from .checks import finite
-from .types import CATEGORY, Regions
+from .types import CATEGORY, Regions, layout_inputs
 
 
 class RegionsFromMasks(io.ComfyNode):
@@ -19,14 +19,10 @@ class RegionsFromMasks(io.ComfyNode):
                 io.Mask.Input("masks", tooltip="One mask per region (a MASK batch); white is inside the region."),
                 io.String.Input("prompts", multiline=True, default="",
                                 tooltip="One prompt per line, in the order of the masks."),
-                io.Int.Input("width", default=1024, min=16, max=16384, step=8,
-                             tooltip="Width of the picture the layout describes, in pixels; masks are resized to it."),
-                io.Int.Input("height", default=1024, min=16, max=16384, step=8,
-                             tooltip="Height of the picture the layout describes, in pixels."),
-                io.String.Input("base_prompt", multiline=True, default="",
-                                tooltip="The prompt for the whole picture."),
-                io.String.Input("background_prompt", default="a photo",
-                                tooltip="Prompt for the area no mask covers; empty means no background region."),
+                *layout_inputs(width_tip="Width of the picture the layout describes, in pixels; masks are resized "
+                                         "to it.",
+                               background_tip="Prompt for the area no mask covers; empty means no background region.",
+                               background_default="a photo"),
                 io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
                                tooltip="Soften every region's edge by this many pixels (0 keeps hard edges)."),
             ],

@@ -11,3 +11,15 @@ CATEGORY = "regional_layout"
 RegionalCond = io.Custom("RL_REGIONAL_COND")
 # A guidance.trajectory.Trajectory: the reference latents z_bar(sigma) that backward guidance pulls toward.
 Trajectory = io.Custom("RL_TRAJECTORY")
+
+
+def layout_inputs(*, width_tip: str, background_tip: str, background_default: str = "") -> list:
+    """width, height, base_prompt, background_prompt: the inputs every layout-making node shares, in this order
+    (saved workflows store widget values by position: never reorder)."""
+    return [
+        io.Int.Input("width", default=1024, min=16, max=16384, step=8, tooltip=width_tip),
+        io.Int.Input("height", default=1024, min=16, max=16384, step=8,
+                     tooltip="Height of the picture the layout describes, in pixels."),
+        io.String.Input("base_prompt", multiline=True, default="", tooltip="The prompt for the whole picture."),
+        io.String.Input("background_prompt", default=background_default, tooltip=background_tip),
+    ]
