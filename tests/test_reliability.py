@@ -99,7 +99,7 @@ def soak_schedule(count: int) -> list[str]:
     cache drops the loaders a prompt does not use (every switch of model family reloads models from disk)."""
     cycle = ["plain", "regional", "regional", "regional", "regional", "interrupt", "plain", "regional", "regional",
              "regional", "regional", "interrupt", "editor", "editor", "editor", "lsregen", "plain", "regional",
-             "regional", "plain"]
+             "regional", "regional"]  # never two plain prompts in a row: the second would come from the cache
     return [cycle[i % len(cycle)] for i in range(count)]
 
 
