@@ -100,7 +100,7 @@ CASES = [
     Case("masks-300-regions", FLUX, MASKS, {"masks", "regions"}, repeat_masks(300)),
     # ComfyUI reports a dangling link on the node but without the input's name: the node is all we can ask for.
     Case("masks-layout-too-large", FLUX, MASKS, {"width/height", "regions"},
-         lambda p, nid: p[nid]["inputs"].update(width=16384, height=16384)),
+         lambda p, nid: (repeat_masks(4)(p, nid), p[nid]["inputs"].update(width=16384, height=16384))),
     Case("masks-link-to-nowhere", FLUX, MASKS, frozenset(), set_input("masks", ["no_such_node", 0])),
     # Region Overlay
     Case("overlay-opacity-2", FLUX, OVERLAY, {"opacity"}, set_input("opacity", 2.0)),
