@@ -74,12 +74,8 @@ def real_token_positions(tokens: dict, length: int) -> torch.Tensor | None:
     return keep
 
 
-def encode_real_tokens(clip, text: str) -> torch.Tensor:
-    """`text` encoded by the text encoder, keeping only its real tokens: [1, T, C]."""
-    return _encode_tokens(clip, clip.tokenize(text, tokenizer_options=NO_T5_PADDING))
-
-
 def _encode_tokens(clip, tokens: dict) -> torch.Tensor:
+    """One tokenized text encoded, keeping only its real tokens: [1, T, C]."""
     cond = clip.encode_from_tokens(tokens)
     keep = real_token_positions(tokens, cond.shape[1])
     return cond if keep is None else cond[:, keep.to(cond.device)]
@@ -89,7 +85,7 @@ T5_PAD = 0
 
 
 def encode_texts(clip, texts: list[str]) -> list[torch.Tensor]:
-    """Each text's real-token embedding ([1, T_i, C]), like `encode_real_tokens`.
+    """Each text's real-token embedding ([1, T_i, C]).
 
     When the conditioning is T5 alone (FLUX.1), the texts go through T5 in ONE batch, each padded to the longest:
     on a CPU most of an encode's time is ComfyUI casting the 4.7 G T5 weights, which a batch pays once. The padding

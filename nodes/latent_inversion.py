@@ -59,8 +59,7 @@ class LatentInversion(io.ComfyNode):
                 seed, refine=0) -> io.NodeOutput:
         finite("Latent Inversion", "guidance_fraction", guidance_fraction, 0.0, 1.0)
         one_of("Latent Inversion", "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
-        if method not in METHODS:
-            raise ValueError(f"Latent Inversion: method must be one of {METHODS}, got {method!r}")
+        one_of("Latent Inversion", "method", method, METHODS)
         trajectory, noisy = invert(model, positive, latent, steps, scheduler, guidance_fraction, inversion_steps,
                                    method, seed, refine)
         return io.NodeOutput(trajectory, noisy)
