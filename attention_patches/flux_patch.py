@@ -32,9 +32,9 @@ class RegionalFluxOptions:
     double_blocks: frozenset[int] = frozenset()
     single_blocks: frozenset[int] = frozenset()
     feather: float = 0.0                    # pixels; added softness at every region's edge
-    # The exact dense-mask path for every layout. Measured faster on CPU than the grouped path so far (README,
-    # benchmark); False uses the grouped path for hard, disjoint masks.
-    force_dense: bool = True
+    # True: the exact dense-mask path for every layout. False (default): hard, disjoint masks take the grouped
+    # path (one small attention per region + the plain one), soft or overlapping masks the dense path.
+    force_dense: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta <= 1.0:

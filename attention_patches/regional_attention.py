@@ -8,9 +8,9 @@ outside every region attend to each other. Base attention is plain attention ove
 Image rows get (1 - beta) * regional + beta * base; region text rows the regional result; base text and extra rows
 the base result.
 
-Fast path (hard, disjoint regions): image tokens are grouped by region and each group attends only to its own
-keys. Base and regional attention of a group share the partial softmax over the group's own image keys; partial
-results are merged with their log-sum-exp, so the beta blend costs almost nothing beyond plain attention.
+Grouped path (hard, disjoint regions): region i's text and image tokens attend to the same keys (its text and
+its image), so regional attention is one small unmasked attention per region, and the base result is the plain
+model's attention: plain cost + Σ (tokens of region i)², no mask, no padding.
 Dense path (overlaps, soft masks): the paper's mask as an additive log-weight bias, exact, at dense cost.
 Plain torch: nothing here imports ComfyUI.
 """
@@ -24,47 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .token_masks import TokenMasks
-
-MATH_CHUNK = 1024  # query rows per chunk in the math fallback
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Partial softmax attention
-
-
-def _math_attention_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    scale = q.shape[-1] ** -0.5
-    outs, lses = [], []
-    for start in range(0, q.shape[2], MATH_CHUNK):
-        scores = (q[:, :, start:start + MATH_CHUNK].float() @ k.float().transpose(-1, -2)) * scale
-        lse = torch.logsumexp(scores, dim=-1)
-        outs.append((torch.exp(scores - lse[..., None]) @ v.float()).to(q.dtype))
-        lses.append(lse)
-    return torch.cat(outs, 2), torch.cat(lses, 2)
-
-
-def attention_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ / √d) v and its log-sum-exp: ([B, H, Lq, D] in q's dtype, [B, H, Lq] float32). Lk > 0."""
-    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)[:2]
-        return out, lse
-    if q.device.type == "cuda":
-        try:
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-            return out, lse[:, :, :q.shape[2]].float()
-        except RuntimeError:
-            pass
-    return _math_attention_lse(q, k, v)
-
-
-def merge_partials(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Softmax attention over the union of disjoint key sets, from each set's (output, log-sum-exp)."""
-    if len(parts) == 1:
-        return parts[0][0].float(), parts[0][1]
-    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), dim=0)
-    out = sum(p[0].float() * torch.exp(p[1] - lse)[..., None] for p in parts)
-    return out, lse
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The plan of one joint sequence
@@ -108,26 +67,33 @@ class SequencePlan:
             start += n
         return spans
 
-    def groups(self, device: torch.device) -> tuple[Tensor, Tensor, list[tuple[int, int, int, int]]]:
-        """(image order sorted by group, base-key order, [(img_start, img_end, text_start, text_len)] per group)
-        for the fast path. Base keys are [base text | image sorted by group | extra]; tokens outside every
-        region form a last group without text."""
-        key = ("groups", str(device))
+    def grouped_index(self, device: torch.device) -> tuple[Tensor, list[tuple[int, int]]]:
+        """For the grouped path: the joint-sequence positions of every region's text followed by its image tokens,
+        region after region ([text 1 | image 1 | text 2 | image 2 | ...]), and each region's (start, end) in that
+        order. Tokens outside every region form a last group without text. Every region text and image token
+        appears exactly once."""
+        key = ("grouped", str(device))
         if key not in self._cache:
             hard = self.masks.hard
             group = torch.where(hard.any(0), hard.float().argmax(0), torch.full((self.n_img,), hard.shape[0]))
-            order = torch.argsort(group, stable=True)
-            counts = torch.bincount(group, minlength=hard.shape[0] + 1).tolist()
             spans = self.text_spans() + [(0, 0)]
-            table, start = [], 0
-            for g, count in enumerate(counts):
-                if count:
-                    table.append((start, start + count, *spans[g]))
-                start += count
-            img = self.img_start
-            base_keys = torch.cat([torch.arange(self.base_len), order + img,
-                                   torch.arange(img + self.n_img, self.length)])
-            self._cache[key] = ((order + img).to(device), base_keys.to(device), table)
+            parts, table, start = [], [], 0
+            for g, (ts, tl) in enumerate(spans):
+                image = torch.nonzero(group == g).flatten() + self.img_start
+                if not len(image):
+                    continue  # a region without image tokens: its text is in no group (see _grouped)
+                parts += [torch.arange(ts, ts + tl), image]
+                table.append((start, start + tl + len(image)))
+                start += tl + len(image)
+            self._cache[key] = (torch.cat(parts).to(device), table)
+        return self._cache[key]
+
+    def base_index(self, device: torch.device) -> Tensor:
+        """Positions of the base attention's tokens: [base text | image | extra] (no region text)."""
+        key = ("base", str(device))
+        if key not in self._cache:
+            self._cache[key] = torch.cat([torch.arange(self.base_len),
+                                          torch.arange(self.img_start, self.length)]).to(device)
         return self._cache[key]
 
     def dense_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -187,39 +153,26 @@ def regional_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta
 
 
 def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
-    img_order, base_keys, table = plan.groups(q.device)
-    t0, img, n_img = plan.base_len, plan.img_start, plan.n_img
-    kb, vb = k.index_select(2, base_keys), v.index_select(2, base_keys)  # [base text | sorted image | extra]
-    qi = q.index_select(2, img_order)
+    """Hard, disjoint regions: region i's text and image tokens attend to exactly the same keys (text i and image
+    i), so each region is one unmasked attention over its own tokens; the base prompt is one plain attention over
+    [base text | image | extra], as in the unpatched model. Cost: plain attention + Σ (tokens of region i)²."""
+    index, table = plan.grouped_index(q.device)
+    t0, img, end = plan.base_len, plan.img_start, plan.img_start + plan.n_img
+    base_idx = plan.base_index(q.device)
+    # one plain call over [base text | image | extra], exactly as the unpatched model's (a separate call for the
+    # few base-text rows costs more than gathering them)
+    base = F.scaled_dot_product_attention(*(t.index_select(2, base_idx) for t in (q, k, v)))
     out = torch.empty_like(q)
-    img_out = torch.empty_like(qi)
-    for s, e, ts, tl in table:
-        k_own, v_own = kb[:, :, t0 + s:t0 + e], vb[:, :, t0 + s:t0 + e]
-        if tl:  # region text rows: own text + own image
-            k_txt, v_txt = k[:, :, ts:ts + tl], v[:, :, ts:ts + tl]
-            qt = q[:, :, ts:ts + tl]
-            out[:, :, ts:ts + tl] = merge_partials([attention_lse(qt, k_txt, v_txt),
-                                                    attention_lse(qt, k_own, v_own)])[0].to(q.dtype)
-        # image rows: every partial once, then one weighted sum = (1 - beta) * regional + beta * base
-        qg = qi[:, :, s:e]
-        own = attention_lse(qg, k_own, v_own)
-        regional = [own] + ([attention_lse(qg, k_txt, v_txt)] if tl else [])
-        reg_lse = torch.logsumexp(torch.stack([p[1] for p in regional]), 0)
-        terms = [(o, (1 - beta) * torch.exp(lse - reg_lse)) for o, lse in regional]
-        if beta > 0:
-            base = [own] + [attention_lse(qg, kb[:, :, lo:hi], vb[:, :, lo:hi])
-                            for lo, hi in ((0, t0 + s), (t0 + e, kb.shape[2])) if hi > lo]
-            base_lse = torch.logsumexp(torch.stack([p[1] for p in base]), 0)
-            terms[0] = (own[0], terms[0][1] + beta * torch.exp(own[1] - base_lse))
-            terms += [(o, beta * torch.exp(lse - base_lse)) for o, lse in base[1:]]
-        acc = terms[0][0].float().mul_(terms[0][1][..., None])  # float32 (same-dtype ops are the fast ones)
-        for o, w in terms[1:]:
-            acc.addcmul_(o.float(), w[..., None])
-        img_out[:, :, s:e] = acc
-    out.index_copy_(2, img_order, img_out)
-    for lo, hi in ((0, t0), (img + n_img, plan.length)):  # base text and extra rows: plain attention
-        if hi > lo:
-            out[:, :, lo:hi] = attention_lse(q[:, :, lo:hi], kb, vb)[0]
+    out[:, :, :t0] = base[:, :, :t0]
+    out[:, :, end:] = base[:, :, t0 + plan.n_img:]
+    if img > t0 and len(index) < img - t0 + plan.n_img:  # a region text whose region holds no image token
+        out[:, :, t0:img] = F.scaled_dot_product_attention(
+            q[:, :, t0:img], k[:, :, t0:end], v[:, :, t0:end], attn_mask=plan.text_bias(q.device, q.dtype))
+    qr, kr, vr = (t.index_select(2, index) for t in (q, k, v))
+    for s, e in table:
+        out.index_copy_(2, index[s:e], F.scaled_dot_product_attention(qr[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]))
+    if beta > 0:
+        out[:, :, img:end].lerp_(base[:, :, t0:t0 + plan.n_img], beta)
     return out
 
 
