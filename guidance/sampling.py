@@ -51,6 +51,7 @@ class GuidancePlan:
     settings: GuidanceSettings
     fraction: float
     mask: torch.Tensor | None = None  # (1 or B, 1, h, w) latent-resolution mask for the "masked" feature
+    start_from_trajectory: bool = False  # begin at z_bar(sigma_0) instead of latent + sigma_0 * noise
     log: list[GuidedStep] = field(default_factory=list)
 
 
@@ -171,6 +172,10 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
         check_trajectory(plan.trajectory, model, latent_image, float(sigmas[0]))
         if plan.settings.gamma > 0 and guided_steps(len(sigmas) - 1, plan.fraction) > 0:
             sampler = guided_sampler(sampler_name, plan)
+        if plan.start_from_trajectory:  # x_0 = z_bar(sigma_0): no fresh noise (as KSamplerAdvanced without noise)
+            start = plan.trajectory.at(float(sigmas[0])).expand_as(latent_image)
+            latent_image = model.model.process_latent_out(start.clone()).to(latent_image)
+            noise = torch.zeros_like(latent_image)
     callback, disable_pbar = _callback_and_pbar(model, steps)
     samples = comfy.samplers.sample(model, noise, positive, negative, cfg, model.load_device, sampler, sigmas,
                                     model_options=model.model_options, latent_image=latent_image,

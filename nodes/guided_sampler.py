@@ -66,6 +66,10 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                                tooltip="D, summed: squared_l2 (LSReGen; closed form with identity), l1 (each "
                                        "element moves by gamma) or cosine (scale-free; 1 - cos per sample)."),
                 Regions.Input("regions", optional=True, tooltip="The layout, for the masked feature."),
+                io.Boolean.Input("start_from_trajectory", default=False, optional=True,
+                                 tooltip="Start from the trajectory's latent at the first sigma (the inverted "
+                                         "prior) instead of latent_image + fresh noise from the seed; the seed "
+                                         "then only drives samplers that add noise (ancestral, SDE)."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The denoised latent.")],
         )
@@ -73,7 +77,7 @@ class BackwardGuidanceKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 trajectory, guidance_scale, guidance_fraction, guidance_iterations, feature, distance,
-                regions=None) -> io.NodeOutput:
+                regions=None, start_from_trajectory=False) -> io.NodeOutput:
         name = "Backward Guidance KSampler"
         finite(name, "guidance_scale", guidance_scale, low=0.0)
         finite(name, "guidance_fraction", guidance_fraction, 0.0, 1.0)
@@ -86,7 +90,7 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                 else None
             if feature == "masked" and regions is None:
                 raise ValueError("regions: the masked feature needs the layout's regions connected")
-            plan = GuidancePlan(trajectory, settings, guidance_fraction, mask)
+            plan = GuidancePlan(trajectory, settings, guidance_fraction, mask, bool(start_from_trajectory))
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
         try:

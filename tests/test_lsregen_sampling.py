@@ -138,6 +138,31 @@ def test_guided_sampling_is_deterministic(sd15):
     assert torch.equal(runs[0], runs[1])
 
 
+def test_start_from_trajectory_equals_ksampler_advanced_without_noise(sd15):
+    """start_from_trajectory: sampling begins at z_bar(sigma_0), the inversion's final latent, with no fresh
+    noise: exactly what KSamplerAdvanced (add_noise disabled) gives from that latent, whatever the seed for a
+    deterministic sampler; an ancestral sampler still draws its noise from the seed."""
+    import comfy.sample
+
+    model, _, _, positive, negative = sd15
+    steps = 3
+    ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(5))}
+    trajectory, noisy = S.invert(model, positive, ref, steps, "normal", 0.5, 2, "inversion", 0)
+
+    def run(sampler_name, seed, gamma=0.0, start=True):
+        plan = S.GuidancePlan(trajectory, GuidanceSettings(gamma), 0.5, start_from_trajectory=start)
+        return S.sample(model, seed, steps, 4.0, sampler_name, "normal", positive, negative, empty_latent(),
+                        plan=plan)["samples"]
+
+    without_noise = comfy.sample.sample(model, torch.zeros(LATENT), steps, 4.0, "euler", "normal", positive,
+                                        negative, noisy["samples"], denoise=1.0, disable_noise=True, seed=SEED)
+    assert torch.equal(run("euler", SEED), without_noise)
+    assert torch.equal(run("euler", SEED + 1), without_noise)
+    assert not torch.equal(run("euler", SEED, start=False), without_noise)
+    assert not torch.equal(run("euler", SEED, gamma=0.3), without_noise)  # guidance still acts on top
+    assert not torch.equal(run("euler_ancestral", SEED), run("euler_ancestral", SEED + 1))
+
+
 def test_inversion_round_trip(sd15):
     """Invert with Euler (+2 fixed-point refinements) up to sigma 0.5, sample back with Euler at cfg 1: the
     input comes back within 5 % (relative L2; 2.1 % measured) on the random tiny model, though inversion moved it
