@@ -73,6 +73,14 @@ _KL_VAE: dict[str, Any] = {
 }
 GLIGEN_KEY_DIM = 768  # SD1.x: ComfyUI's GLIGEN loader then uses 8 heads
 GLIGEN_HEADS = 8
+# A FLUX LoRA in the plain "diffusion_model.<layer>.lora_up/lora_down/alpha" layout that ComfyUI maps for FLUX.
+# With alpha = rank, up ~ N(0, 1/rank) and down ~ N(0, 1/fan_in) give a weight change as large as the weight itself.
+FLUX_LORA_RANK = 4
+FLUX_LORA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mlp.0",
+                    "single_blocks.0.linear1", "single_blocks.0.linear2")
+# An XLabs-format FLUX ControlNet (what ComfyUI's loader routes to load_controlnet_flux_xlabs_mistoline): the
+# FLUX.1 trunk without final layer, controlnet_blocks and the hint encoder; real ones have 2 double blocks, 0 single.
+FLUX_CONTROLNET_DOUBLE_BLOCKS = 1
 
 _SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3",
                        "int64": "I64"}
@@ -114,6 +122,10 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
         TinyModel("checkpoints/v1-5-pruned-emaonly.safetensors", "float16", _checkpoint,
                   {"family": "SD15", "unet": SD15_UNET}),
         TinyModel("gligen/gligen_sd14_textbox_pruned.safetensors", "float16", _gligen, {"unet": SD15_UNET}),
+        TinyModel("loras/flux_tiny_lora.safetensors", "bfloat16", _flux_lora,
+                  {"layers": list(FLUX_LORA_LAYERS), "rank": FLUX_LORA_RANK, **flux_depths}),
+        TinyModel("controlnet/flux_tiny_controlnet_xlabs.safetensors", "bfloat16", _flux_controlnet_xlabs,
+                  {"depth": FLUX_CONTROLNET_DOUBLE_BLOCKS}),
     ]
     if include_t5:
         models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
@@ -225,6 +237,43 @@ def _flux(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
     config_class = sm.Flux if guidance_embed else sm.FluxSchnell
     tensors = dict(config_class(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", config_class, config)
+    return tensors
+
+
+def _flux_lora(layers: list[str], rank: int, depth: int, depth_single_blocks: int) -> dict:
+    """A LoRA for the tiny FLUX.1 (LoraLoaderModelOnly): `diffusion_model.<layer>.lora_up.weight` [out, rank],
+    `.lora_down.weight` [rank, in] and `.alpha` (= rank), for each of `layers` (names of Linear layers)."""
+    import torch
+    import comfy.supported_models as sm
+
+    config = {**FLUX_DIT, "guidance_embed": True, "depth": depth, "depth_single_blocks": depth_single_blocks}
+    flux_sd = sm.Flux(config).get_model({}, device=_meta()).diffusion_model.state_dict()
+    tensors: dict = {}
+    for layer in layers:
+        out_dim, in_dim = flux_sd[f"{layer}.weight"].shape
+        prefix = f"diffusion_model.{layer}"
+        tensors[f"{prefix}.lora_up.weight"] = torch.empty(out_dim, rank, device=_meta())
+        tensors[f"{prefix}.lora_down.weight"] = torch.empty(rank, in_dim, device=_meta())
+        tensors[f"{prefix}.alpha"] = torch.tensor(float(rank))
+    return tensors
+
+
+def _flux_controlnet_xlabs(depth: int) -> dict:
+    """An XLabs FLUX ControlNet (ControlNetLoader) as wide as the tiny FLUX.1 dev: ComfyUI's loader takes
+    `controlnet_blocks.0.weight` + `double_blocks.0.img_attn.norm.key_norm.scale` for this format and detects
+    the trunk's config from the keys like a FLUX.1 file."""
+    from comfy import model_detection
+    from comfy.ldm.flux.controlnet import ControlNetFlux
+    import comfy.ops
+
+    config = {**FLUX_DIT, "guidance_embed": True, "depth": depth, "depth_single_blocks": 0}
+    model = ControlNetFlux(operations=comfy.ops.disable_weight_init, device=_meta(), **config)
+    tensors = dict(model.state_dict())
+    if "controlnet_blocks.0.weight" not in tensors or "input_hint_block.0.weight" not in tensors:
+        raise RuntimeError("ControlNetFlux no longer has the XLabs key layout")
+    detected = model_detection.model_config_from_unet(dict(tensors), "", True)
+    if detected is None or detected.unet_config.get("hidden_size") != 3072 or detected.unet_config.get("depth") != depth:
+        raise RuntimeError(f"ComfyUI does not detect this ControlNet as a {depth}-block FLUX.1 trunk")
     return tensors
 
 

@@ -12,6 +12,8 @@ FLUX_VAE = "ae.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
+FLUX_LORA = "flux_tiny_lora.safetensors"
+FLUX_CONTROLNET = "flux_tiny_controlnet_xlabs.safetensors"
 
 
 def graph() -> GraphBuilder:
@@ -101,12 +103,22 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
                   base_prompt="a still life on a wooden table", prompts=REGION_PROMPTS, boxes=None,
                   background_prompt="a photo", base_ratio=0.2, control_steps=10, double_blocks="all",
                   single_blocks="all", feather=0.0, patch=True, real_t5=False, unet=FLUX_UNET,
-                  latent_node="EmptySD3LatentImage", overlay=False, mask_value=1.0) -> dict:
+                  latent_node="EmptySD3LatentImage", overlay=False, mask_value=1.0, lora=None, lora_after_patch=False,
+                  controlnet=None, hint_color=0x3070B0) -> dict:
     """Regional FLUX text-to-image on the tiny models; `patch=False` gives the plain graph with the same prompt
     (CLIPTextEncode of base_prompt, unpatched model). `batch_index` picks one item of the latent batch (its noise
-    is the one it gets inside the batch)."""
+    is the one it gets inside the batch). `lora` (a strength) adds LoraLoaderModelOnly with the tiny FLUX LoRA
+    right after the UNETLoader, or after the patcher with `lora_after_patch`; `controlnet` (a strength) applies the
+    tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced)."""
     g = graph()
     model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
+
+    def add_lora(model):
+        return g.node("LoraLoaderModelOnly", id="lora", model=model, lora_name=FLUX_LORA,
+                      strength_model=lora).out(0)
+
+    if lora is not None and not lora_after_patch:
+        model = add_lora(model)
     if boxes is None:
         boxes = [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height // 2)][:len(prompts)]
     if patch:
@@ -120,16 +132,25 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
                        feather=feather).out(0)
     else:
         positive = g.node("CLIPTextEncode", clip=clip, text=base_prompt).out(0)
-    guided = g.node("FluxGuidance", conditioning=positive, guidance=3.5)
+    if lora is not None and lora_after_patch:
+        model = add_lora(model)
+    guided = g.node("FluxGuidance", conditioning=positive, guidance=3.5).out(0)
     if negative is None:
         neg = g.node("ConditioningZeroOut", conditioning=positive).out(0)
     else:
         neg = g.node("CLIPTextEncode", clip=clip, text=negative).out(0)
+    if controlnet is not None:
+        net = g.node("ControlNetLoader", control_net_name=FLUX_CONTROLNET)
+        hint = g.node("EmptyImage", width=width, height=height, batch_size=1, color=hint_color)
+        applied = g.node("ControlNetApplyAdvanced", id="controlnet", positive=guided, negative=neg,
+                         control_net=net.out(0), image=hint.out(0), strength=controlnet, start_percent=0.0,
+                         end_percent=1.0)
+        guided, neg = applied.out(0), applied.out(1)
     latent = g.node(latent_node, width=width, height=height, batch_size=batch).out(0)
     if batch_index is not None:
         latent = g.node("LatentFromBatch", samples=latent, batch_index=batch_index, length=1).out(0)
     sampled = g.node("KSampler", id="sampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                     scheduler="simple", positive=guided.out(0), negative=neg, latent_image=latent, denoise=1.0)
+                     scheduler="simple", positive=guided, negative=neg, latent_image=latent, denoise=1.0)
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="regional_flux")
     if overlay and patch:
