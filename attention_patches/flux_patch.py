@@ -220,6 +220,7 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
         return unmasked_block_attention(
             q, k, v, plan, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
 
+    override.calls = calls  # (block_type, block_index) of every call, for checks and tests
     return override
 
 

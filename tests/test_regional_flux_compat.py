@@ -142,11 +142,6 @@ def guided(conditioning):
     return node_helpers.conditioning_set_values(conditioning, {"guidance": 3.5})  # what FluxGuidance does
 
 
-def closure_value(fn, name: str):
-    """A variable that the closure `fn` captured (the pack's override records its calls in `calls`)."""
-    return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
-
-
 def test_controlnet_sees_only_the_base_prompt(flux_parts):
     """The ControlNet runs in ComfyUI's calc_cond_batch, outside the pack's DIFFUSION_MODEL wrapper: it receives
     exactly the base prompt's tokens, while the diffusion model receives base + region tokens; the regional
@@ -209,7 +204,7 @@ def test_controlnet_sees_only_the_base_prompt(flux_parts):
              [("single", i) for i in range(len(flux.single_blocks))]
     assert len(seen["overrides"]) == steps
     for override in seen["overrides"]:
-        assert closure_value(override, "calls") == blocks
+        assert override.calls == blocks
 
 
 def test_lora_patches_map_and_strength_zero_is_exact(flux_parts, caplog):
