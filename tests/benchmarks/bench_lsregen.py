@@ -6,7 +6,7 @@ sampling) against plain SDXL sampling. Prints a table and ends with
 On CPU it runs the tiny random-weight models (real architectures, reduced widths) at a reduced size; with CUDA
 it runs whatever checkpoints --models holds (use real SDXL/SD1.5/GLIGEN weights, or random ones of full size).
 
-    .venv/bin/python tests/benchmarks/bench_lsregen.py [--size 512] [--steps 20] [--threads 2]
+    .venv/bin/python tests/benchmarks/bench_lsregen.py [--size 256] [--steps 10] [--threads 2]
 """
 
 from __future__ import annotations
@@ -87,15 +87,23 @@ def timed(fn, cuda: bool):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512, help="SDXL width and height (CPU default 512)")
-    parser.add_argument("--prior-size", type=int, default=256, help="GLIGEN prior size")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--prior-steps", type=int, default=10)
-    parser.add_argument("--inversion-steps", type=int, default=4)
+    # CPU defaults fit a 24 GB machine in one process (at 512² and 30 steps the process grew past 24 GB: glibc
+    # keeps the VAE's and the prior's freed buffers); CUDA defaults are the paper's scale.
+    parser.add_argument("--size", type=int, help="SDXL width and height (CPU 256, CUDA 1024)")
+    parser.add_argument("--prior-size", type=int, help="GLIGEN prior size (CPU 128, CUDA 512)")
+    parser.add_argument("--steps", type=int, help="SDXL steps (CPU 10, CUDA 30)")
+    parser.add_argument("--prior-steps", type=int, help="GLIGEN prior steps (CPU 5, CUDA 25)")
+    parser.add_argument("--inversion-steps", type=int, help="coarse inversion steps (CPU 3, CUDA 10)")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the minimum is kept)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    import torch
+
+    defaults = (1024, 512, 30, 25, 10) if torch.cuda.is_available() else (256, 128, 10, 5, 3)
+    for name, value in zip(("size", "prior_size", "steps", "prior_steps", "inversion_steps"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     setup_paths()
     import torch
