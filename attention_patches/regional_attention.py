@@ -182,7 +182,7 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> 
     regional = F.scaled_dot_product_attention(q[:, :, t0:end], k[:, :, t0:end], v[:, :, t0:end], attn_mask=bias)
     out = torch.empty_like(q)
     out[:, :, t0:end] = regional
-    base_idx = torch.cat([torch.arange(t0), torch.arange(img, plan.length)]).to(q.device)
+    base_idx = plan.base_index(q.device)
     qb, kb, vb = (t.index_select(2, base_idx) for t in (q, k, v))
     base = F.scaled_dot_product_attention(qb, kb, vb)
     out[:, :, :t0] = base[:, :, :t0]
@@ -200,7 +200,7 @@ def unmasked_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan
     t0, img = plan.base_len, plan.img_start
     if img == t0:
         return plain(q, k, v)
-    base_idx = torch.cat([torch.arange(t0), torch.arange(img, plan.length)]).to(q.device)
+    base_idx = plan.base_index(q.device)
     base = plain(*(t.index_select(2, base_idx) for t in (q, k, v)))
     B, H, L, D = q.shape
     out = q.new_empty(B, L, H * D)
