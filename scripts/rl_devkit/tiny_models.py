@@ -228,12 +228,16 @@ def _meta() -> torch.device:
     return torch.device("meta")
 
 
+def _flux_config(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
+    """FLUX.1's transformer config (as ComfyUI detects it) with the given depths."""
+    return {**FLUX_DIT, "guidance_embed": guidance_embed, "depth": depth, "depth_single_blocks": depth_single_blocks}
+
+
 def _flux(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
     """A FLUX.1 dev/schnell diffusion model file (UNETLoader): the transformer's keys with no prefix."""
     import comfy.supported_models as sm
 
-    config = {**FLUX_DIT, "guidance_embed": guidance_embed, "depth": depth,
-              "depth_single_blocks": depth_single_blocks}
+    config = _flux_config(guidance_embed, depth, depth_single_blocks)
     config_class = sm.Flux if guidance_embed else sm.FluxSchnell
     tensors = dict(config_class(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", config_class, config)
@@ -246,7 +250,7 @@ def _flux_lora(layers: list[str], rank: int, depth: int, depth_single_blocks: in
     import torch
     import comfy.supported_models as sm
 
-    config = {**FLUX_DIT, "guidance_embed": True, "depth": depth, "depth_single_blocks": depth_single_blocks}
+    config = _flux_config(True, depth, depth_single_blocks)
     flux_sd = sm.Flux(config).get_model({}, device=_meta()).diffusion_model.state_dict()
     tensors: dict = {}
     for layer in layers:
@@ -266,13 +270,13 @@ def _flux_controlnet_xlabs(depth: int) -> dict:
     from comfy.ldm.flux.controlnet import ControlNetFlux
     import comfy.ops
 
-    config = {**FLUX_DIT, "guidance_embed": True, "depth": depth, "depth_single_blocks": 0}
+    config = _flux_config(True, depth, 0)
     model = ControlNetFlux(operations=comfy.ops.disable_weight_init, device=_meta(), **config)
     tensors = dict(model.state_dict())
     if "controlnet_blocks.0.weight" not in tensors or "input_hint_block.0.weight" not in tensors:
         raise RuntimeError("ControlNetFlux no longer has the XLabs key layout")
     detected = model_detection.model_config_from_unet(dict(tensors), "", True)
-    if detected is None or detected.unet_config.get("hidden_size") != 3072 or detected.unet_config.get("depth") != depth:
+    if detected is None or detected.unet_config.get("hidden_size") != FLUX_DIT["hidden_size"] or detected.unet_config.get("depth") != depth:
         raise RuntimeError(f"ComfyUI does not detect this ControlNet as a {depth}-block FLUX.1 trunk")
     return tensors
 
