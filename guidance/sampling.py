@@ -186,6 +186,7 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     return out
 
 
+@torch.no_grad()  # as k-diffusion's samplers: ComfyUI's weights require grad, so a caller outside inference
 def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states,
                       lsregen_refine=0):
     def on_step(i, denoised, state):

@@ -198,6 +198,18 @@ def test_inversion_trajectory_holds_the_guided_sigmas(sd15):
     torch.testing.assert_close(noisy["samples"], model.model.process_latent_out(trajectory.latents[-1].clone()))
 
 
+def test_inversion_keeps_no_autograd_graph_outside_inference_mode(sd15):
+    """ComfyUI's loaded weights require grad; a caller outside torch.inference_mode (a script, another pack) must
+    not get a graph holding every layer's activations (the full-size SDXL grew by 11 GB over two steps)."""
+    model, _, _, positive, _ = sd15
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert any(p.requires_grad for p in model.model.parameters()), "the premise: ComfyUI's weights require grad"
+    ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(3))}
+    trajectory, noisy = S.invert(model, positive, ref, 10, "normal", 0.2, 2, "inversion", 0)
+    assert trajectory.latents.grad_fn is None and not trajectory.latents.requires_grad
+    assert not noisy["samples"].requires_grad
+
+
 def test_gligen_boxes_reach_the_model(sd15, gligen):
     from regional_layout.guidance.gligen_prior import sample_prior
 
