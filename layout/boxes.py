@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import re
 
+import torch
+import torch.nn.functional as F
+
 from .regions import RegionLayout
 
 GLIGEN_MAX_BOXES = 30  # comfy.gligen.Gligen.max_objs
@@ -38,6 +41,17 @@ def boxes_from_layout(layout: RegionLayout) -> list[tuple[str, Box]]:
     """Each region with a non-empty mask and a prompt, as (prompt, its mask's bounding box)."""
     return [(prompt, box) for prompt, box in zip(layout.prompts(), layout.boxes())
             if box is not None and prompt.strip()]
+
+
+def box_mask(boxes: list[tuple[str, Box]], height: int, width: int) -> torch.Tensor:
+    """[height, width] float: the union of the boxes, each cell holding the share of it the boxes cover (boxes
+    drawn on an 8x finer grid, then area-averaged), so small boxes on a coarse latent still count."""
+    fine = torch.zeros(1, 1, height * 8, width * 8)
+    for _, (x, y, w, h) in boxes:
+        x0, y0 = round(x * width * 8), round(y * height * 8)
+        x1, y1 = round((x + w) * width * 8), round((y + h) * height * 8)
+        fine[..., y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = 1
+    return F.avg_pool2d(fine, 8)[0, 0]
 
 
 def check_boxes(boxes: list[tuple[str, Box]], source: str) -> None:

@@ -1,23 +1,24 @@
 """LSReGen step 3: KSampler with backward guidance toward the trajectory in its first steps."""
 
 import torch
-import torch.nn.functional as F
 
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
 from ..guidance.sampling import GuidancePlan, sample
+from ..layout.boxes import box_mask, boxes_from_layout
 from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions, Trajectory
 
 
 def layout_mask(regions, latent: torch.Tensor) -> torch.Tensor:
-    """(1, 1, h, w): the union of the region masks at the latent's resolution."""
-    union = regions.masks().amax(dim=0, keepdim=True).unsqueeze(0) if regions.regions else None
-    if union is None:
-        raise ValueError("regions: the layout has no regions, so the masked feature has nothing to keep")
-    return F.interpolate(union, size=latent.shape[-2:], mode="area")
+    """(1, 1, h, w): the union of the layout's boxes (each prompted region's mask bounding box, as the GLIGEN prior
+    gets them) at the latent's resolution."""
+    boxes = boxes_from_layout(regions)
+    if not boxes:
+        raise ValueError("regions: the layout has no region with a prompt, so the masked feature has no box to keep")
+    return box_mask(boxes, *latent.shape[-2:])[None, None]
 
 
 class BackwardGuidanceKSampler(io.ComfyNode):
@@ -61,11 +62,11 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                              tooltip="Guidance updates per guided step."),
                 io.Combo.Input("feature", options=list(FEATURES), default="identity",
                                tooltip="feat(z): identity (LSReGen), lowpass (4x4 average pool, the layout only) or "
-                                       "masked (only inside the regions; needs regions)."),
+                                       "masked (only inside the layout's boxes, as the GLIGEN prior gets them; needs regions)."),
                 io.Combo.Input("distance", options=list(DISTANCES), default="squared_l2",
                                tooltip="D, summed: squared_l2 (LSReGen; closed form with identity), l1 (each "
                                        "element moves by gamma) or cosine (scale-free; 1 - cos per sample)."),
-                Regions.Input("regions", optional=True, tooltip="The layout, for the masked feature."),
+                Regions.Input("regions", optional=True, tooltip="The layout, for the masked feature: its regions' bounding boxes."),
                 io.Boolean.Input("start_from_trajectory", default=False, optional=True,
                                  tooltip="Start from the trajectory's latent at the first sigma (the inverted "
                                          "prior) instead of latent_image + fresh noise from the seed; the seed "

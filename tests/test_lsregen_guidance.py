@@ -7,7 +7,7 @@ import torch
 from regional_layout.guidance.backward import DISTANCES, FEATURES, GuidanceSettings, distance, gradient, guidance_step
 from regional_layout.guidance.inversion import inversion_grid, invert_euler
 from regional_layout.guidance.trajectory import Trajectory, forward_noise, guided_steps, interpolate
-from regional_layout.layout.boxes import check_boxes, gligen_position, parse_boxes
+from regional_layout.layout.boxes import box_mask, boxes_from_layout, check_boxes, gligen_position, parse_boxes
 
 
 def latents(seed: int, shape=(1, 4, 16, 24)) -> torch.Tensor:
@@ -82,6 +82,26 @@ def test_masked_feature_leaves_outside_untouched():
     outside = mask.expand_as(z) == 0
     assert torch.equal(out[outside], z[outside])
     torch.testing.assert_close(out[~outside], (0.5 * z + 0.5 * ref)[~outside])
+
+
+def test_masked_feature_keeps_the_layouts_boxes():
+    """The masked feature keeps the boxes the GLIGEN prior drew (each region's mask bounding box), not the painted
+    shapes: a disc keeps its whole bounding square; a box's partly covered latent cells get their covered share."""
+    from regional_layout.layout.regions import Region, RegionLayout
+
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(192.0), indexing="ij")
+    disc = ((yy - 48) ** 2 + (xx - 64) ** 2 <= 32 ** 2).float()  # pixels x 32..96, y 16..80 inclusive
+    layout = RegionLayout(192, 128, (Region("a disc", disc), Region("", torch.ones(128, 192))))
+    boxes = boxes_from_layout(layout)
+    assert [phrase for phrase, _ in boxes] == ["a disc"]  # a region without a prompt has no box
+    mask = box_mask(boxes, 16, 24)  # the latent of 128 x 192 px: 8 px per cell
+    expected = torch.zeros(16, 24)
+    expected[2:10, 4:12] = 1  # whole cells: rows 16..79 px, columns 32..95 px
+    expected[10, 4:12] = expected[2:10, 12] = 1 / 8  # pixel row 80 / column 96: one eighth of a cell
+    expected[10, 12] = 1 / 64
+    assert torch.equal(mask, expected)
+    partial = box_mask([("half a cell", (0.0, 0.0, 4 / 24, 0.5 / 16))], 16, 24)
+    assert partial[0, :4].eq(0.5).all() and partial[1:].eq(0).all()
 
 
 def test_guidance_is_deterministic():
