@@ -1,7 +1,8 @@
 """Regional prompting applied to a FLUX.1 model through ComfyUI's own patch points.
 
 A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
-positive rows with the region texts appended after the base prompt and an `optimized_attention_override` in a
+positive rows with the region texts put before the base prompt (FLUX's text positions are all 0, so the order
+only decides where each part lies: see regional_attention) and an `optimized_attention_override` in a
 per-call copy of transformer_options; the negative rows (cond_or_uncond == 1) and the other steps run the plain
 model. Any attention override already present is kept and called for the plain work.
 This module touches only torch and the arguments ComfyUI hands it; it never imports ComfyUI.
@@ -156,7 +157,7 @@ class RegionalFluxWrapper:
         x, timestep, context, y, guidance, ref_latents, control = args
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], _extra_tokens(ref_latents))
         texts = self.region_texts(plan).to(context.device, context.dtype)
-        context = torch.cat([context, texts.expand(context.shape[0], -1, -1)], dim=1)
+        context = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
         calls = []
         opts["optimized_attention_override"] = regional_override(

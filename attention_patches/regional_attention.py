@@ -1,7 +1,8 @@
 """Region-aware joint attention for FLUX (Chen et al., "Training-free Regional Prompting for Diffusion
 Transformers", arXiv 2411.02395), computed per region instead of through a dense L x L mask.
 
-The joint sequence is [base text | region 1 text | ... | region G text | image (N) | extra image tokens].
+The joint sequence is [region 1 text | ... | region G text | base text | image (N) | extra image tokens]: the
+region texts go first so that the base attention's tokens, [base text | image | extra], are one contiguous slice.
 Regional attention (the paper's mask): region i's text attends to itself and to region i's image tokens; an
 image token attends to the texts of its regions and to the image tokens it shares a region with; image tokens
 outside every region attend to each other. Base attention is plain attention over [base text | image | extra].
@@ -10,7 +11,7 @@ the base result.
 
 Grouped path (hard, disjoint regions): region i's text and image tokens attend to the same keys (its text and
 its image), so regional attention is one small unmasked attention per region, and the base result is the plain
-model's attention: plain cost + Σ (tokens of region i)², no mask, no padding.
+model's attention on a view of the sequence: plain cost + Σ (tokens of region i)², no mask, no padding.
 Dense path (overlaps, soft masks): the paper's mask as an additive log-weight bias, exact, at dense cost.
 Plain torch: nothing here imports ComfyUI.
 """
@@ -49,8 +50,13 @@ class SequencePlan:
         return self.masks.hard.shape[1]
 
     @property
+    def base_start(self) -> int:
+        """Where the base text starts: after every region text. [base_start, length) is the base attention's."""
+        return sum(self.text_lens)
+
+    @property
     def img_start(self) -> int:
-        return self.base_len + sum(self.text_lens)
+        return self.base_start + self.base_len
 
     @property
     def length(self) -> int:
@@ -61,7 +67,7 @@ class SequencePlan:
         return self.force_dense or self.masks.soft or not self.masks.disjoint
 
     def text_spans(self) -> list[tuple[int, int]]:
-        spans, start = [], self.base_len
+        spans, start = [], 0
         for n in self.text_lens:
             spans.append((start, n))
             start += n
@@ -88,12 +94,12 @@ class SequencePlan:
             self._cache[key] = (torch.cat(parts).to(device), table)
         return self._cache[key]
 
-    def base_index(self, device: torch.device) -> Tensor:
-        """Positions of the base attention's tokens: [base text | image | extra] (no region text)."""
-        key = ("base", str(device))
+    def regional_index(self, device: torch.device) -> Tensor:
+        """Positions of the dense path's tokens: [region texts | image] (no base text)."""
+        key = ("regional", str(device))
         if key not in self._cache:
-            self._cache[key] = torch.cat([torch.arange(self.base_len),
-                                          torch.arange(self.img_start, self.length)]).to(device)
+            self._cache[key] = torch.cat([torch.arange(self.base_start),
+                                          torch.arange(self.img_start, self.img_start + self.n_img)]).to(device)
         return self._cache[key]
 
     def dense_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -106,10 +112,15 @@ class SequencePlan:
         return self._cache[key]
 
     def text_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """The region-text rows of `dense_bias` only ([ΣT, Lr]), cheap to build."""
+        """The region-text rows of the mask over the keys [region texts | base text | image] ([ΣT, img end]), the
+        base text's columns closed: cheap to build, and used on a slice of the sequence without a gather."""
         key = ("text_bias", str(device), dtype)
         if key not in self._cache:
-            self._cache[key] = torch.log(text_row_weights(self.text_lens, self.masks.weights)).to(device, dtype)
+            weights = text_row_weights(self.text_lens, self.masks.weights)
+            closed = weights.new_zeros(weights.shape[0], self.base_len)
+            n_txt = self.base_start
+            weights = torch.cat([weights[:, :n_txt], closed, weights[:, n_txt:]], 1)
+            self._cache[key] = torch.log(weights).to(device, dtype)
         return self._cache[key]
 
 
@@ -157,39 +168,37 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     i), so each region is one unmasked attention over its own tokens; the base prompt is one plain attention over
     [base text | image | extra], as in the unpatched model. Cost: plain attention + Σ (tokens of region i)²."""
     index, table = plan.grouped_index(q.device)
-    t0, img, end = plan.base_len, plan.img_start, plan.img_start + plan.n_img
-    base_idx = plan.base_index(q.device)
-    # one plain call over [base text | image | extra], exactly as the unpatched model's (a separate call for the
-    # few base-text rows costs more than gathering them)
-    base = F.scaled_dot_product_attention(*(t.index_select(2, base_idx) for t in (q, k, v)))
+    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    base = F.scaled_dot_product_attention(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])  # a view: no gather
     out = torch.empty_like(q)
-    out[:, :, :t0] = base[:, :, :t0]
-    out[:, :, end:] = base[:, :, t0 + plan.n_img:]
-    if img > t0 and len(index) < img - t0 + plan.n_img:  # a region text whose region holds no image token
-        out[:, :, t0:img] = F.scaled_dot_product_attention(
-            q[:, :, t0:img], k[:, :, t0:end], v[:, :, t0:end], attn_mask=plan.text_bias(q.device, q.dtype))
+    out[:, :, bs:img] = base[:, :, :img - bs]
+    out[:, :, end:] = base[:, :, end - bs:]
+    if bs and len(index) < bs + plan.n_img:  # a region text whose region holds no image token
+        out[:, :, :bs] = F.scaled_dot_product_attention(q[:, :, :bs], k[:, :, :end], v[:, :, :end],
+                                                        attn_mask=plan.text_bias(q.device, q.dtype))
     qr, kr, vr = (t.index_select(2, index) for t in (q, k, v))
     for s, e in table:
         out.index_copy_(2, index[s:e], F.scaled_dot_product_attention(qr[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]))
     if beta > 0:
-        out[:, :, img:end].lerp_(base[:, :, t0:t0 + plan.n_img], beta)
+        out[:, :, img:end].lerp_(base[:, :, img - bs:end - bs], beta)
     return out
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
-    t0, img, end = plan.base_len, plan.img_start, plan.img_start + plan.n_img
-    bias = plan.dense_bias(q.device, q.dtype)
-    regional = F.scaled_dot_product_attention(q[:, :, t0:end], k[:, :, t0:end], v[:, :, t0:end], attn_mask=bias)
+    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    ridx = plan.regional_index(q.device)
+    regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)),
+                                              attn_mask=plan.dense_bias(q.device, q.dtype))
+    base = F.scaled_dot_product_attention(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
     out = torch.empty_like(q)
-    out[:, :, t0:end] = regional
-    base_idx = plan.base_index(q.device)
-    qb, kb, vb = (t.index_select(2, base_idx) for t in (q, k, v))
-    base = F.scaled_dot_product_attention(qb, kb, vb)
-    out[:, :, :t0] = base[:, :, :t0]
-    out[:, :, end:] = base[:, :, t0 + plan.n_img:]
+    out[:, :, :bs] = regional[:, :, :bs]
+    out[:, :, bs:img] = base[:, :, :img - bs]
+    out[:, :, end:] = base[:, :, end - bs:]
     if beta > 0:
-        out[:, :, img:end] = torch.lerp(regional[:, :, img - t0:].float(), base[:, :, t0:t0 + plan.n_img].float(),
+        out[:, :, img:end] = torch.lerp(regional[:, :, bs:].float(), base[:, :, img - bs:end - bs].float(),
                                         beta).to(q.dtype)
+    else:
+        out[:, :, img:end] = regional[:, :, bs:]
     return out
 
 
@@ -197,17 +206,14 @@ def unmasked_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan
     """An unselected block in a regional step: base text and image rows get plain attention over the base tokens
     through `plain(q, k, v) -> [B, L, H·D]` (the model's own back end), so the image sees no region text; region
     text rows get their regional attention. → [B, L, H·D]."""
-    t0, img = plan.base_len, plan.img_start
-    if img == t0:
+    bs, end = plan.base_start, plan.img_start + plan.n_img
+    if bs == 0:
         return plain(q, k, v)
-    base_idx = plan.base_index(q.device)
-    base = plain(*(t.index_select(2, base_idx) for t in (q, k, v)))
+    base = plain(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
     B, H, L, D = q.shape
     out = q.new_empty(B, L, H * D)
-    out[:, :t0] = base[:, :t0]
-    out[:, img:] = base[:, t0:]
-    end = img + plan.n_img
-    text = F.scaled_dot_product_attention(q[:, :, t0:img], k[:, :, t0:end], v[:, :, t0:end],
+    out[:, bs:] = base
+    text = F.scaled_dot_product_attention(q[:, :, :bs], k[:, :, :end], v[:, :, :end],
                                           attn_mask=plan.text_bias(q.device, q.dtype))
-    out[:, t0:img] = text.transpose(1, 2).flatten(2)
+    out[:, :bs] = text.transpose(1, 2).flatten(2)
     return out

@@ -7,18 +7,20 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from regional_layout.attention_patches.regional_attention import SequencePlan, regional_attention
+from regional_layout.attention_patches.regional_attention import (SequencePlan, regional_attention,
+                                                                 unmasked_block_attention)
 from regional_layout.attention_patches.token_masks import region_token_masks
 
 torch.set_num_threads(1)
 
 
 def naive_reference(q, k, v, t0, text_lens, hard, beta):
-    """Dense boolean mask over [region texts | image], per the paper's rules, plus plain base attention over
-    [base text | image]; image rows blended (1 - beta) * regional + beta * base."""
+    """The joint sequence is [region texts | base text (t0) | image | extra]. A dense boolean mask over
+    [region texts | image], per the paper's rules, plus plain base attention over [base text | image | extra];
+    image rows blended (1 - beta) * regional + beta * base."""
     B, H, L, D = q.shape
     n_txt, n_img = sum(text_lens), hard.shape[1]
-    img0 = t0 + n_txt
+    img0 = n_txt + t0
     owner = []  # region index of each text token
     for i, n in enumerate(text_lens):
         owner += [i] * n
@@ -34,14 +36,16 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta):
         for r in range(n_img):
             shared = bool((hard[:, p] & hard[:, r]).any())
             allow[n_txt + p, n_txt + r] = shared or bool(outside[p] and outside[r])
-    sl = slice(t0, img0 + n_img)
-    regional = F.scaled_dot_product_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl], attn_mask=allow)
-    base_idx = torch.cat([torch.arange(t0), torch.arange(img0, L)])
+    regional_idx = torch.cat([torch.arange(n_txt), torch.arange(img0, img0 + n_img)])
+    regional = F.scaled_dot_product_attention(q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx],
+                                              attn_mask=allow)
+    base_idx = torch.arange(n_txt, L)
     base = F.scaled_dot_product_attention(q[:, :, base_idx], k[:, :, base_idx], v[:, :, base_idx])
     out = torch.empty_like(q)
-    out[:, :, :t0] = base[:, :, :t0]
-    out[:, :, t0:img0] = regional[:, :, :n_txt]
-    out[:, :, img0:] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0:]
+    out[:, :, :n_txt] = regional[:, :, :n_txt]
+    out[:, :, n_txt:img0] = base[:, :, :t0]
+    out[:, :, img0:img0 + n_img] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0:t0 + n_img]
+    out[:, :, img0 + n_img:] = base[:, :, t0 + n_img:]
     return out.transpose(1, 2).reshape(B, L, H * D)
 
 
@@ -71,17 +75,21 @@ def test_matches_naive_reference(regions, overlap, background):
     assert tm.disjoint == (not overlap or regions == 1)
     gen = torch.Generator().manual_seed(regions)
     text_lens = tuple(int(n) for n in torch.randint(1, 6, (tm.hard.shape[0],), generator=gen))
-    t0, extra = 7, 0
+    t0, extra = 7, 3  # extra: image tokens after the grid (reference latents), base attention only
     L = t0 + sum(text_lens) + tm.hard.shape[1] + extra
     q, k, v = (torch.randn(2, 3, L, 16, generator=gen) for _ in range(3))
-    plan = SequencePlan(t0, text_lens, tm)
+    plan = SequencePlan(t0, text_lens, tm, n_extra=extra)
     for beta in (0.0, 0.2, 1.0):
         ours = regional_attention(q, k, v, plan, beta)
         ref = naive_reference(q, k, v, t0, text_lens, tm.hard, beta)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     if not overlap:  # the exact dense path agrees too
-        dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, force_dense=True), 0.2)
+        dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), 0.2)
         torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, 0.2), atol=1e-5, rtol=0)
+    # an unselected block: plain attention for base text, image and extra rows (beta = 1), the region texts' own
+    plain = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)  # noqa: E731
+    torch.testing.assert_close(unmasked_block_attention(q, k, v, plan, plain),
+                               naive_reference(q, k, v, t0, text_lens, tm.hard, 1.0), atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,12 +270,12 @@ def test_soft_masks_use_the_weighted_rules():
                 shared = max(min(w[i, p], w[i, r]) for i in range(2))
                 weight[a, b] = max(shared, min(1 - u[p], 1 - u[r]))
     gen = torch.Generator().manual_seed(0)
-    L = t0 + n_txt + n_img
+    L = n_txt + t0 + n_img  # [region texts | base text | image]
     q, k, v = (torch.randn(1, 2, L, 8, generator=gen) for _ in range(3))
-    sl = slice(t0, L)
-    regional = F.scaled_dot_product_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl], attn_mask=torch.log(weight))
+    idx = torch.cat([torch.arange(n_txt), torch.arange(n_txt + t0, L)])
+    regional = F.scaled_dot_product_attention(q[:, :, idx], k[:, :, idx], v[:, :, idx], attn_mask=torch.log(weight))
     ours = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm), 0.0).view(1, L, 2, 8).transpose(1, 2)
-    torch.testing.assert_close(ours[:, :, sl], regional, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours[:, :, idx], regional, atol=1e-5, rtol=0)
 
 
 def test_block_lists_and_control_steps():

@@ -194,8 +194,8 @@ def test_controlnet_sees_only_the_base_prompt(flux_parts):
         assert torch.equal(context, base_tokens.to(context.dtype))
     for context in seen["flux"]:
         assert context.shape[1] == base_tokens.shape[1] + texts.shape[1] > base_tokens.shape[1]
-        assert torch.equal(context[:, : base_tokens.shape[1]], base_tokens.to(context.dtype))
-        assert torch.equal(context[:, base_tokens.shape[1]:], texts.to(context.dtype))
+        assert torch.equal(context[:, texts.shape[1]:], base_tokens.to(context.dtype))
+        assert torch.equal(context[:, :texts.shape[1]], texts.to(context.dtype))
     # The ControlNet's blocks get no transformer_options (so no attention override can reach them) ...
     assert seen["controlnet_blocks"] and all(not opts.get("optimized_attention_override")
                                              for opts in seen["controlnet_blocks"])
