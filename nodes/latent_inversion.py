@@ -36,9 +36,10 @@ class LatentInversion(io.ComfyNode):
                 io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="How far to invert: the first ceil(fraction x steps) sigmas of the schedule "
                                        "(use the guided sampler's fraction or more)."),
-                io.Int.Input("inversion_steps", default=10, min=1, max=1000,
+                io.Int.Input("inversion_steps", default=5, min=1, max=1000,
                              tooltip="Coarse inversion grid: the schedule with this many steps, below the guided "
-                                     "sigmas (each costs one model evaluation). Fewer is faster, more is faithful."),
+                                     "sigmas (each costs one model evaluation). 5 stays within 2 % of a 40-step "
+                                     "inversion at the guided sigmas (README); fewer is faster, more is faithful."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
                              tooltip="Noise seed for forward_noise (unused by inversion)."),
                 io.Int.Input("refine", default=0, min=0, max=20,

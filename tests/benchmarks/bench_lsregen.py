@@ -3,10 +3,14 @@ size and steps, and the whole pipeline (GLIGEN prior + decode + upscale + SDXL V
 sampling) against plain SDXL sampling. Prints a table and ends with
 `lsregen: guided_step_time_ratio=… pipeline_time_ratio=… peak_mem_ratio=…`.
 
-On CPU it runs the tiny random-weight models (real architectures, reduced widths) at a reduced size; with CUDA
-it runs whatever checkpoints --models holds (use real SDXL/SD1.5/GLIGEN weights, or random ones of full size).
+By default the SDXL and SD1.5 UNets and the GLIGEN model are the real architectures at full size with seeded random
+weights (built in memory, loaded by ComfyUI's own loaders), in bfloat16; text encoders and VAEs come from the tiny
+checkpoints, which keep them at full size. Steps are the nodes' defaults (SDXL 30, prior 20, inversion 10); only
+the picture is smaller on CPU (256², prior 128²) than on CUDA (1024², prior 512²). `--unets files` takes the UNets
+from the checkpoints in RL_MODELS_DIR instead (the tiny ones: fast, but their shrunken UNets make the VAE and the
+prior look several times dearer next to SDXL than they are).
 
-    .venv/bin/python tests/benchmarks/bench_lsregen.py [--size 256] [--steps 10] [--threads 2]
+    .venv/bin/python tests/benchmarks/bench_lsregen.py [--size 256] [--steps 30] [--repeats 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def setup_paths() -> None:
     link_dir.mkdir(parents=True, exist_ok=True)
     if not (link_dir / "regional_layout").is_symlink():
         (link_dir / "regional_layout").symlink_to(REPO, target_is_directory=True)
-    for path in (str(link_dir), str(REPO / "tests"), str(COMFYUI)):
+    for path in (str(link_dir), str(REPO / "tests"), str(REPO / "scripts"), str(COMFYUI)):
         if path not in sys.path:
             sys.path.insert(0, path)
 
@@ -86,32 +90,40 @@ def timed(fn, cuda: bool):
 
 
 def main() -> int:
+    import torch
+
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return run()
+
+
+def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # CPU defaults fit a 24 GB machine in one process (at 512² and 30 steps the process grew past 24 GB: glibc
-    # keeps the VAE's and the prior's freed buffers); CUDA defaults are the paper's scale.
     parser.add_argument("--size", type=int, help="SDXL width and height (CPU 256, CUDA 1024)")
     parser.add_argument("--prior-size", type=int, help="GLIGEN prior size (CPU 128, CUDA 512)")
-    parser.add_argument("--steps", type=int, help="SDXL steps (CPU 10, CUDA 30)")
-    parser.add_argument("--prior-steps", type=int, help="GLIGEN prior steps (CPU 5, CUDA 25)")
-    parser.add_argument("--inversion-steps", type=int, help="coarse inversion steps (CPU 3, CUDA 10)")
+    parser.add_argument("--steps", type=int, default=30, help="SDXL steps (the sampler node's default)")
+    parser.add_argument("--prior-steps", type=int, default=20, help="GLIGEN prior steps (the prior node's default)")
+    parser.add_argument("--inversion-steps", type=int, default=5,
+                        help="coarse inversion steps (the inversion node's default)")
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the minimum is kept)")
+    parser.add_argument("--unets", choices=("full", "files"), default="full",
+                        help="full: full-size random-weight UNets and GLIGEN; files: those of the checkpoints")
+    parser.add_argument("--repeats", type=int, default=2, help="timed pipelines, each between two plain runs")
+    parser.add_argument("--step-pairs", type=int, default=4,
+                        help="guided runs (every step guided) for the step ratio, each between two plain runs")
+    parser.add_argument("--pair-steps", type=int, default=6, help="steps of those runs (the ratio is per step)")
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of the peak-memory runs")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch
 
-    defaults = (1024, 512, 30, 25, 10) if torch.cuda.is_available() else (256, 128, 10, 5, 3)
-    for name, value in zip(("size", "prior_size", "steps", "prior_steps", "inversion_steps"), defaults):
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    cuda = torch.cuda.is_available()
+    args.size = args.size or (1024 if cuda else 256)
+    args.prior_size = args.prior_size or args.size // 2
 
     setup_paths()
-    import torch
-
     torch.set_num_threads(args.threads)
     from comfy.cli_args import args as comfy_args
 
-    cuda = torch.cuda.is_available()
     comfy_args.cpu = not cuda
     comfy_args.use_pytorch_cross_attention = True
     import comfy.sd
@@ -124,11 +136,18 @@ def main() -> int:
 
     def load(name):
         return comfy.sd.load_checkpoint_guess_config(str(MODELS / "checkpoints" / name), output_vae=True,
-                                                     output_clip=True, embedding_directory=None)[:3]
+                                                     output_clip=True, embedding_directory=None,
+                                                     output_model=args.unets == "files")[:3]
 
     sdxl, sdxl_clip, sdxl_vae = load(graphs.SDXL)
     sd15, sd15_clip, sd15_vae = load(graphs.SD15)
-    gligen = comfy.sd.load_gligen(str(MODELS / "gligen" / graphs.GLIGEN))
+    if args.unets == "full":
+        from rl_devkit import full_size
+
+        sdxl, sd15 = full_size.unet("SDXL", torch.bfloat16), full_size.unet("SD15", torch.bfloat16)
+        gligen = full_size.gligen()
+    else:
+        gligen = comfy.sd.load_gligen(str(MODELS / "gligen" / graphs.GLIGEN))
     positive = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize("a red car beside an oak tree"))
     negative = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize("blurry"))
     empty = sdxl_clip.encode_from_tokens_scheduled(sdxl_clip.tokenize(""))
@@ -136,69 +155,83 @@ def main() -> int:
     size, steps = args.size, args.steps
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
 
-    def plain():
+    def plain(steps=steps):
         return S.sample(sdxl, 0, steps, 7.0, "euler", "normal", positive, negative, latent)
 
-    def guided(trajectory, fraction):
+    def guided(trajectory, fraction, steps=steps):
         plan = S.GuidancePlan(trajectory, GuidanceSettings(0.2), fraction)
         return S.sample(sdxl, 0, steps, 7.0, "euler", "normal", positive, negative, latent, plan=plan)
 
-    def pipeline():
+    def pipeline(prior_steps=args.prior_steps, inversion_steps=args.inversion_steps, steps=steps):
         times = {}
         (image, _), times["prior"] = timed(lambda: sample_prior(
-            sd15, sd15_clip, sd15_vae, gligen, boxes, "a country road", "", 0, args.prior_steps, 7.5, "euler",
+            sd15, sd15_clip, sd15_vae, gligen, boxes, "a country road", "", 0, prior_steps, 7.5, "euler",
             "normal", args.prior_size, args.prior_size), cuda)
         encoded, times["upscale+encode"] = timed(lambda: {"samples": sdxl_vae.encode(comfy.utils.common_upscale(
             image.movedim(-1, 1), size, size, "bicubic", "disabled").movedim(1, -1)[..., :3])}, cuda)
         (trajectory, _), times["inversion"] = timed(lambda: S.invert(
-            sdxl, empty, encoded, steps, "normal", args.fraction, args.inversion_steps, "inversion", 0), cuda)
-        _, times["guided"] = timed(lambda: guided(trajectory, args.fraction), cuda)
+            sdxl, empty, encoded, args.steps, "normal", args.fraction, inversion_steps, "inversion", 0), cuda)
+        _, times["guided"] = timed(lambda: guided(trajectory, args.fraction, steps), cuda)
         return trajectory, times
 
-    plain()  # warm-up: model loading and first-call costs stay out of the numbers
-    trajectory, _ = pipeline()
-    # Paired runs: each guided run and each pipeline is compared with the mean of the plain runs just before and
-    # after it, so load changes on a shared machine cancel; the median over repeats is reported.
-    best, step_ratios, pipeline_ratios = {}, [], []
-    _, before = timed(plain, cuda)
-    for _ in range(args.repeats):
-        _, t_guided_all = timed(lambda: guided(trajectory, 1.0), cuda)
-        _, parts = pipeline()
-        _, after = timed(plain, cuda)
-        reference = (before + after) / 2
-        step_ratios.append(t_guided_all / reference)
-        pipeline_ratios.append(sum(parts.values()) / reference)
-        for key, value in [("plain", reference), ("guided_all_steps", t_guided_all), *parts.items()]:
-            best[key] = min(best.get(key, float("inf")), value)
-        before = after
-    with PeakMemory(cuda) as mem_plain:
-        plain()
-    with PeakMemory(cuda) as mem_guided:
-        guided(trajectory, 1.0)
+    def paired(run, count: int, plain_steps: int) -> tuple[list[float], list[float], list]:
+        """`count` runs of `run`, each between two plain runs: (their seconds, their ratios to the mean of the
+        plain runs on either side, the plain runs' seconds). Load changes on a shared machine cancel."""
+        seconds, ratios, plains, results = [], [], [], []
+        _, before = timed(lambda: plain(plain_steps), cuda)
+        plains.append(before)
+        for _ in range(count):
+            result, t = timed(run, cuda)
+            _, after = timed(lambda: plain(plain_steps), cuda)
+            seconds.append(t if not isinstance(result, tuple) else sum(result[1].values()))
+            ratios.append(seconds[-1] / ((before + after) / 2))
+            plains.append(after)
+            results.append(result)
+            before = after
+        return seconds, ratios, plains, results
 
-    pipeline_total = sum(best[k] for k in ("prior", "upscale+encode", "inversion", "guided"))
+    # warm-up with few steps: model loading and first-call costs stay out of the numbers
+    plain(2)
+    trajectory, _ = pipeline(prior_steps=1, inversion_steps=1, steps=2)
+    # the guided step: every step guided, against plain sampling with the same steps
+    guided_s, step_ratios, step_plains, _ = paired(lambda: guided(trajectory, 1.0, args.pair_steps),
+                                                   args.step_pairs, args.pair_steps)
+    # the whole pipeline against plain sampling
+    pipe_s, pipeline_ratios, plains, runs = paired(pipeline, args.repeats, steps)
+    parts = {k: min(r[1][k] for r in runs) for k in runs[0][1]}
+    # peak memory does not grow with the step count: a few steps each (the trajectory is aligned to them)
+    with PeakMemory(cuda) as mem_plain:
+        plain(args.memory_steps)
+    with PeakMemory(cuda) as mem_guided:
+        guided(trajectory, 1.0, args.memory_steps)
+
     step_ratio = statistics.median(step_ratios)
     pipeline_ratio = statistics.median(pipeline_ratios)
     mem_ratio = mem_guided.peak / mem_plain.peak
+    plain_s = min(plains)
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
     print(f"\nLSReGen benchmark: {device}; SDXL {size}x{size}, {steps} steps euler/normal cfg 7; prior "
           f"{args.prior_size}x{args.prior_size}, {args.prior_steps} steps; inversion {args.inversion_steps} coarse "
-          f"steps + ceil({args.fraction}x{steps}) guided sigmas; models from {MODELS}")
-    print(f"(seconds: the fastest of {args.repeats} repeats; the summary ratios are medians of paired runs)")
-    print(f"| {'measure':<40} | {'seconds':>9} | {'x plain':>8} |")
-    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 10}|")
-    rows = [("plain SDXL KSampler", best["plain"]),
-            ("guided sampler, every step guided", best["guided_all_steps"]),
-            ("pipeline: GLIGEN prior (+decode)", best["prior"]),
-            ("pipeline: upscale + SDXL VAE encode", best["upscale+encode"]),
-            ("pipeline: inversion", best["inversion"]),
-            (f"pipeline: guided sampler (fraction {args.fraction})", best["guided"]),
-            ("pipeline total", pipeline_total)]
-    for name, seconds in rows:
-        print(f"| {name:<40} | {seconds:>9.2f} | {seconds / best['plain']:>8.3f} |")
+          f"steps + ceil({args.fraction}x{steps}) guided sigmas; UNets: {args.unets}, models from {MODELS}")
+    print(f"(seconds: the fastest run; the ratios are medians over runs, each against the mean of the plain runs "
+          f"just before and after it: {args.repeats} pipelines, {args.step_pairs} guided runs of {args.pair_steps} "
+          "steps)")
+    print(f"| {'measure':<44} | {'seconds':>9} | {'x plain':>8} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 10}|")
+    rows = [(f"plain SDXL KSampler, {steps} steps", plain_s, 1.0),
+            ("pipeline: GLIGEN prior (+decode)", parts["prior"], None),
+            ("pipeline: upscale + SDXL VAE encode", parts["upscale+encode"], None),
+            ("pipeline: inversion", parts["inversion"], None),
+            (f"pipeline: guided sampler (fraction {args.fraction})", parts["guided"], None),
+            ("pipeline total (median ratio)", min(pipe_s), pipeline_ratio),
+            (f"plain SDXL KSampler, {args.pair_steps} steps", min(step_plains), 1.0),
+            (f"guided, all {args.pair_steps} steps guided (median ratio)", min(guided_s), step_ratio)]
+    for name, seconds, ratio in rows:
+        ratio = seconds / plain_s if ratio is None else ratio
+        print(f"| {name:<44} | {seconds:>9.2f} | {ratio:>8.3f} |")
     unit = "allocated" if cuda else "RSS"
-    print(f"| {'peak memory plain (' + unit + ', MiB)':<40} | {mem_plain.peak / 2**20:>9.0f} | {1:>8.3f} |")
-    print(f"| {'peak memory guided (' + unit + ', MiB)':<40} | {mem_guided.peak / 2**20:>9.0f} | {mem_ratio:>8.3f} |")
+    print(f"| {'peak memory plain (' + unit + ', MiB)':<44} | {mem_plain.peak / 2**20:>9.0f} | {1:>8.3f} |")
+    print(f"| {'peak memory guided (' + unit + ', MiB)':<44} | {mem_guided.peak / 2**20:>9.0f} | {mem_ratio:>8.3f} |")
     print(f"lsregen: guided_step_time_ratio={step_ratio:.3f} pipeline_time_ratio={pipeline_ratio:.3f} "
           f"peak_mem_ratio={mem_ratio:.3f}")
     return 0

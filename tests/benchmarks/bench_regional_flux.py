@@ -3,8 +3,9 @@
 A full-width FLUX block stack (hidden 3072, 24 heads, FLUX.1's RoPE axes, random weights; 1 double + 1 single
 block by default) built from ComfyUI's own Flux class, in bfloat16 as FLUX runs. Plain FLUX gets the base prompt
 as ComfyUI pads it (256 T5 tokens); each region adds a ~20-word prompt (30 real T5 tokens), beta = 0.2, every block
-controlled. Configurations are interleaved within each round; the time ratio is the median over the rounds of
-the ratio to that round's plain step (robust to the machine's drift), the step time the median of the rounds.
+controlled. Configurations are interleaved within each round, each between two plain steps; the time ratio is the
+median over the rounds of its step over the mean of the plain steps just before and after it (robust to the
+machine's drift, which reaches ±20 % over minutes here), the step time the median of the rounds.
 Peak memory (one more step per configuration, after the timed rounds) is the process's peak resident set during
 the step minus the resident set before it (Linux).
 
@@ -159,24 +160,34 @@ def main(argv: list[str] | None = None) -> int:
         configs.update({f"R={r} dense": make_wrapper(r, size, True, args.beta, (args.double, args.single))
                         for r in dense})
         times: dict[str, list[float]] = {k: [] for k in configs}
+        paired: dict[str, list[float]] = {k: [] for k in configs}  # each step / the mean of its plain neighbours
         mems: dict[str, list[int]] = {k: [] for k in configs}
         for wrapper in configs.values():  # build the token plans ahead (sampling builds them once per run)
             if wrapper is not None:
                 plan = wrapper.plan(size // 8, size // 8, BASE_TOKENS)
                 plan.dense_bias(torch.device("cpu"), torch.bfloat16) if plan.dense else plan.grouped_index(torch.device("cpu"))
         step(flux, inputs, None)  # warm-up
+        def timed_step(wrapper) -> float:
+            started = time.perf_counter()
+            step(flux, inputs, wrapper)
+            return time.perf_counter() - started
+
         for _ in range(args.rounds):
+            before = timed_step(None)
+            times["plain"].append(before)
             for name, wrapper in configs.items():
-                started = time.perf_counter()
-                step(flux, inputs, wrapper)
-                times[name].append(time.perf_counter() - started)
+                if wrapper is None:
+                    continue
+                times[name].append(timed_step(wrapper))
+                after = timed_step(None)
+                paired[name].append(times[name][-1] / ((before + after) / 2))
+                before = after
         peak.fix_mmap_threshold()
         for name, wrapper in configs.items():  # memory: one more step each, after the timed rounds
             with peak:
                 step(flux, inputs, wrapper)
             mems[name].append(peak.peak)
-        # each round's ratio to that round's plain step, then the median: robust to the machine's drift
-        ratios = {k: statistics.median(t / p for t, p in zip(times[k], times["plain"])) for k in configs}
+        ratios = {k: statistics.median(paired[k]) if k != "plain" else 1.0 for k in configs}
         m_plain = statistics.median(mems["plain"])
         print(f"\n{size}x{size} ({(size // 16) ** 2} image tokens)")
         print("| config | text tokens | step s (median) | time ratio | peak MB | extra peak GB |")

@@ -159,7 +159,7 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     return g.finalize()
 
 
-def lsregen_pipeline(*, width=1536, height=1024, prior_size=512, steps=30, inversion_steps=10, fraction=0.1,
+def lsregen_pipeline(*, width=1536, height=1024, prior_size=512, steps=30, inversion_steps=5, fraction=0.1,
                      gamma=0.2, seed=0, prior_seed=0, method="inversion") -> GraphBuilder:
     """The LSReGen pipeline: two mask regions -> GLIGEN prior (SD1.5) -> ImageScale -> VAEEncode (SDXL) ->
     inversion -> backward-guided SDXL -> save, plus a region overlay. Node ids are stable names."""
