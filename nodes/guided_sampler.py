@@ -62,11 +62,13 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                              tooltip="Guidance updates per guided step."),
                 io.Combo.Input("feature", options=list(FEATURES), default="identity",
                                tooltip="feat(z): identity (LSReGen), lowpass (4x4 average pool, the layout only) or "
-                                       "masked (only inside the layout's boxes, as the GLIGEN prior gets them; needs regions)."),
+                                       "masked (only inside the layout's boxes, as the GLIGEN prior gets them; "
+                                       "needs regions)."),
                 io.Combo.Input("distance", options=list(DISTANCES), default="squared_l2",
                                tooltip="D, summed: squared_l2 (LSReGen; closed form with identity), l1 (each "
                                        "element moves by gamma) or cosine (scale-free; 1 - cos per sample)."),
-                Regions.Input("regions", optional=True, tooltip="The layout, for the masked feature: its regions' bounding boxes."),
+                Regions.Input("regions", optional=True,
+                              tooltip="The layout, for the masked feature: its regions' bounding boxes."),
                 io.Boolean.Input("start_from_trajectory", default=False, optional=True,
                                  tooltip="Start from the trajectory's latent at the first sigma (the inverted "
                                          "prior) instead of latent_image + fresh noise from the seed; the seed "

@@ -174,31 +174,36 @@ def run() -> int:
         _, times["guided"] = timed(lambda: guided(trajectory, args.fraction, steps), cuda)
         return trajectory, times
 
-    def paired(run, count: int, plain_steps: int) -> tuple[list[float], list[float], list]:
-        """`count` runs of `run`, each between two plain runs: (their seconds, their ratios to the mean of the
-        plain runs on either side, the plain runs' seconds). Load changes on a shared machine cancel."""
+    def paired(run, count: int, plain_steps: int) -> tuple[list[float], list[float], list[float], list]:
+        """`count` runs of `run() -> (result, seconds)`, each between two plain runs: (their seconds, their ratios
+        to the mean of the plain runs on either side, the plain runs' seconds, their results). Load changes on a
+        shared machine cancel."""
         seconds, ratios, plains, results = [], [], [], []
         _, before = timed(lambda: plain(plain_steps), cuda)
         plains.append(before)
         for _ in range(count):
-            result, t = timed(run, cuda)
+            result, t = run()
             _, after = timed(lambda: plain(plain_steps), cuda)
-            seconds.append(t if not isinstance(result, tuple) else sum(result[1].values()))
-            ratios.append(seconds[-1] / ((before + after) / 2))
+            seconds.append(t)
+            ratios.append(t / ((before + after) / 2))
             plains.append(after)
             results.append(result)
             before = after
         return seconds, ratios, plains, results
 
+    def timed_pipeline():
+        _, parts = pipeline()
+        return parts, sum(parts.values())
+
     # warm-up with few steps: model loading and first-call costs stay out of the numbers
     plain(2)
     trajectory, _ = pipeline(prior_steps=1, inversion_steps=1, steps=2)
     # the guided step: every step guided, against plain sampling with the same steps
-    guided_s, step_ratios, step_plains, _ = paired(lambda: guided(trajectory, 1.0, args.pair_steps),
-                                                   args.step_pairs, args.pair_steps)
+    guided_s, step_ratios, step_plains, _ = paired(
+        lambda: timed(lambda: guided(trajectory, 1.0, args.pair_steps), cuda), args.step_pairs, args.pair_steps)
     # the whole pipeline against plain sampling
-    pipe_s, pipeline_ratios, plains, runs = paired(pipeline, args.repeats, steps)
-    parts = {k: min(r[1][k] for r in runs) for k in runs[0][1]}
+    pipe_s, pipeline_ratios, plains, runs = paired(timed_pipeline, args.repeats, steps)
+    parts = {k: min(r[k] for r in runs) for k in runs[0]}
     # peak memory does not grow with the step count: a few steps each (the trajectory is aligned to them)
     with PeakMemory(cuda) as mem_plain:
         plain(args.memory_steps)
