@@ -62,7 +62,7 @@ def main() -> int:
         def invert(steps: int):
             started = time.perf_counter()
             trajectory, _ = S.invert(sdxl, empty, latent, 30, "normal", 0.1, steps, "inversion", 0)
-            at = [trajectory.latents[_index(trajectory.sigmas, s)] for s in guided]
+            at = [trajectory.at(float(s)) for s in guided]  # exact: the grid holds every guided sigma
             return at, trajectory.latents[0], len(trajectory.sigmas) - 1, time.perf_counter() - started
 
         reference, z0, ref_evals, ref_seconds = invert(REFERENCE_STEPS)
@@ -86,14 +86,6 @@ def main() -> int:
     steps, evals, _, errors = good[0]
     print(f"inversion_steps: chosen={steps} max_rel_error={max(errors):.3f} model_evals={evals}")
     return 0
-
-
-def _index(sigmas, sigma) -> int:
-    """The trajectory's grid holds the guided sigmas exactly."""
-    index = min(range(len(sigmas)), key=lambda i: abs(float(sigmas[i]) - float(sigma)))
-    if abs(float(sigmas[index]) - float(sigma)) > 1e-4 * float(sigma):
-        raise RuntimeError(f"the inversion grid misses the guided sigma {float(sigma):.4f}")
-    return index
 
 
 if __name__ == "__main__":

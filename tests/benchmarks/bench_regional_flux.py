@@ -122,6 +122,12 @@ def step(flux, inputs, wrapper):
         return flux(*inputs, transformer_options=opts)
 
 
+def timed_step(flux, inputs, wrapper) -> float:
+    started = time.perf_counter()
+    step(flux, inputs, wrapper)
+    return time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1024,512", help="square picture sizes in pixels")
@@ -160,26 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         configs.update({f"R={r} dense": make_wrapper(r, size, True, args.beta, (args.double, args.single))
                         for r in dense})
         times: dict[str, list[float]] = {k: [] for k in configs}
-        paired: dict[str, list[float]] = {k: [] for k in configs}  # each step / the mean of its plain neighbours
+        paired: dict[str, list[float]] = {k: [] for k, w in configs.items() if w is not None}  # step / plain around
         mems: dict[str, list[int]] = {k: [] for k in configs}
         for wrapper in configs.values():  # build the token plans ahead (sampling builds them once per run)
             if wrapper is not None:
                 plan = wrapper.plan(size // 8, size // 8, BASE_TOKENS)
                 plan.dense_bias(torch.device("cpu"), torch.bfloat16) if plan.dense else plan.grouped_index(torch.device("cpu"))
         step(flux, inputs, None)  # warm-up
-        def timed_step(wrapper) -> float:
-            started = time.perf_counter()
-            step(flux, inputs, wrapper)
-            return time.perf_counter() - started
-
         for _ in range(args.rounds):
-            before = timed_step(None)
+            before = timed_step(flux, inputs, None)
             times["plain"].append(before)
             for name, wrapper in configs.items():
                 if wrapper is None:
                     continue
-                times[name].append(timed_step(wrapper))
-                after = timed_step(None)
+                times[name].append(timed_step(flux, inputs, wrapper))
+                after = timed_step(flux, inputs, None)
                 paired[name].append(times[name][-1] / ((before + after) / 2))
                 before = after
         peak.fix_mmap_threshold()
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             with peak:
                 step(flux, inputs, wrapper)
             mems[name].append(peak.peak)
-        ratios = {k: statistics.median(paired[k]) if k != "plain" else 1.0 for k in configs}
+        ratios = {"plain": 1.0, **{k: statistics.median(v) for k, v in paired.items()}}
         m_plain = statistics.median(mems["plain"])
         print(f"\n{size}x{size} ({(size // 16) ** 2} image tokens)")
         print("| config | text tokens | step s (median) | time ratio | peak MB | extra peak GB |")
