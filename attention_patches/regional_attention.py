@@ -11,7 +11,8 @@ the base result.
 
 Grouped path (hard, disjoint regions): region i's text and image tokens attend to the same keys (its text and
 its image), so regional attention is one small unmasked attention per region, and the base result is the plain
-model's attention on a view of the sequence: plain cost + Σ (tokens of region i)², no mask, no padding.
+model's attention on a view of the sequence: plain cost + Σ (tokens of region i)², no mask, no padding. With
+beta = 0 the image rows need no base attention, so only the base text (and extra) rows get it.
 Dense path (overlaps, soft masks): the paper's mask as an additive log-weight bias, exact, at dense cost.
 Plain torch: nothing here imports ComfyUI.
 """
@@ -169,19 +170,34 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     [base text | image | extra], as in the unpatched model. Cost: plain attention + Σ (tokens of region i)²."""
     index, table = plan.grouped_index(q.device)
     bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
-    base = F.scaled_dot_product_attention(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])  # a view: no gather
     out = torch.empty_like(q)
-    out[:, :, bs:img] = base[:, :, :img - bs]
-    out[:, :, end:] = base[:, :, end - bs:]
+    base = _base_attention(q, k, v, plan, beta, out)
     if bs and len(index) < bs + plan.n_img:  # a region text whose region holds no image token
         out[:, :, :bs] = F.scaled_dot_product_attention(q[:, :, :bs], k[:, :, :end], v[:, :, :end],
                                                         attn_mask=plan.text_bias(q.device, q.dtype))
     qr, kr, vr = (t.index_select(2, index) for t in (q, k, v))
     for s, e in table:
         out.index_copy_(2, index[s:e], F.scaled_dot_product_attention(qr[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]))
-    if beta > 0:
-        out[:, :, img:end].lerp_(base[:, :, img - bs:end - bs], beta)
+    if base is not None:
+        out[:, :, img:end].lerp_(base, beta)
     return out
+
+
+def _base_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float, out: Tensor) -> Tensor | None:
+    """Plain attention over the base tokens [base text | image | extra] (a view: no gather). Writes the base text
+    and extra rows into `out`; returns the image rows' result for the beta blend, or None when beta is 0: then
+    the image rows take no base attention at all, and only the base text and extra rows are computed."""
+    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    kb, vb = k[:, :, bs:], v[:, :, bs:]
+    if beta == 0:
+        out[:, :, bs:img] = F.scaled_dot_product_attention(q[:, :, bs:img], kb, vb)
+        if end < plan.length:
+            out[:, :, end:] = F.scaled_dot_product_attention(q[:, :, end:], kb, vb)
+        return None
+    base = F.scaled_dot_product_attention(q[:, :, bs:], kb, vb)
+    out[:, :, bs:img] = base[:, :, :img - bs]
+    out[:, :, end:] = base[:, :, end - bs:]
+    return base[:, :, img - bs:end - bs]
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
@@ -189,14 +205,11 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> 
     ridx = plan.regional_index(q.device)
     regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)),
                                               attn_mask=plan.dense_bias(q.device, q.dtype))
-    base = F.scaled_dot_product_attention(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
     out = torch.empty_like(q)
+    base = _base_attention(q, k, v, plan, beta, out)
     out[:, :, :bs] = regional[:, :, :bs]
-    out[:, :, bs:img] = base[:, :, :img - bs]
-    out[:, :, end:] = base[:, :, end - bs:]
-    if beta > 0:
-        out[:, :, img:end] = torch.lerp(regional[:, :, bs:].float(), base[:, :, img - bs:end - bs].float(),
-                                        beta).to(q.dtype)
+    if base is not None:
+        out[:, :, img:end] = torch.lerp(regional[:, :, bs:].float(), base.float(), beta).to(q.dtype)
     else:
         out[:, :, img:end] = regional[:, :, bs:]
     return out

@@ -84,8 +84,10 @@ def test_matches_naive_reference(regions, overlap, background):
         ref = naive_reference(q, k, v, t0, text_lens, tm.hard, beta)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     if not overlap:  # the exact dense path agrees too
-        dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), 0.2)
-        torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, 0.2), atol=1e-5, rtol=0)
+        for beta in (0.0, 0.2):
+            dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), beta)
+            torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, beta), atol=1e-5,
+                                       rtol=0)
     # an unselected block: plain attention for base text, image and extra rows (beta = 1), the region texts' own
     plain = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)  # noqa: E731
     torch.testing.assert_close(unmasked_block_attention(q, k, v, plan, plain),

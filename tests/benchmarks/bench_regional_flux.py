@@ -3,7 +3,9 @@
 A full-width FLUX block stack (hidden 3072, 24 heads, FLUX.1's RoPE axes, random weights; 1 double + 1 single
 block by default) built from ComfyUI's own Flux class, in bfloat16 as FLUX runs. Plain FLUX gets the base prompt
 as ComfyUI pads it (256 T5 tokens); each region adds a ~20-word prompt (30 real T5 tokens), beta = 0.2, every block
-controlled. Configurations are interleaved within each round, each between two plain steps; the time ratio is the
+controlled. Also timed: R=4 with beta = 0, and plain FLUX given a prompt as long as the R=4 and R=16 runs' text
+(what the extra text tokens cost by themselves, without any regional attention). Every configuration runs once
+untimed first; then they are interleaved within each round, each between two plain steps; the time ratio is the
 median over the rounds of its step over the mean of the plain steps just before and after it (robust to the
 machine's drift, which reaches ±20 % over minutes here), the step time the median of the rounds.
 Peak memory (one more step per configuration, after the timed rounds) is the process's peak resident set during
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=1, help="single blocks in the stack")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--beta", type=float, default=0.2)
+    parser.add_argument("--beta0", default="4", help="region counts also timed with beta = 0 (no base attention "
+                        "for the image rows)")
+    parser.add_argument("--long-prompt", default="4,16", help="region counts whose total text length is also timed "
+                        "as plain FLUX with a prompt that long (the cost of the extra text tokens alone)")
     args = parser.parse_args(argv)
     _paths()
     import torch
@@ -150,53 +156,62 @@ def main(argv: list[str] | None = None) -> int:
     flux = small_flux(hidden_size=3072, num_heads=24, depth=args.double, depth_single_blocks=args.single,
                       context_in_dim=4096, vec_in_dim=768, axes_dim=[16, 56, 56], dtype=torch.bfloat16)
     peak = PeakRss()
-    regions = [int(r) for r in args.regions.split(",") if r]
-    dense = [int(r) for r in args.dense.split(",") if r]
+    counts = {name: [int(r) for r in getattr(args, name).split(",") if r]
+              for name in ("regions", "dense", "beta0", "long_prompt")}
     print(f"FLUX stack: {args.double} double + {args.single} single blocks, hidden 3072, 24 heads, bfloat16, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds", flush=True)
     summary = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         gen = torch.Generator().manual_seed(size)
-        inputs = (torch.randn(1, 16, size // 8, size // 8, generator=gen).bfloat16(), torch.tensor([1.0]),
-                  torch.randn(1, BASE_TOKENS, 4096, generator=gen).bfloat16(),
-                  torch.randn(1, 768, generator=gen).bfloat16(), torch.tensor([3.5]))
-        configs = {"plain": None}
-        configs.update({f"R={r}": make_wrapper(r, size, False, args.beta, (args.double, args.single))
-                        for r in regions})
-        configs.update({f"R={r} dense": make_wrapper(r, size, True, args.beta, (args.double, args.single))
-                        for r in dense})
+        latent = torch.randn(1, 16, size // 8, size // 8, generator=gen).bfloat16()
+        prompt = torch.randn(1, BASE_TOKENS + REGION_TOKENS * max(counts["long_prompt"], default=0), 4096,
+                             generator=gen).bfloat16()
+        rest = (torch.randn(1, 768, generator=gen).bfloat16(), torch.tensor([3.5]))
+        inputs = (latent, torch.tensor([1.0]), prompt[:, :BASE_TOKENS], *rest)
+        blocks = (args.double, args.single)
+        # name -> (model inputs, regional wrapper or None, text tokens)
+        configs = {"plain": (inputs, None, BASE_TOKENS)}
+        configs.update({f"R={r}": (inputs, make_wrapper(r, size, False, args.beta, blocks),
+                                   BASE_TOKENS + r * REGION_TOKENS) for r in counts["regions"]})
+        configs.update({f"R={r} beta=0": (inputs, make_wrapper(r, size, False, 0.0, blocks),
+                                          BASE_TOKENS + r * REGION_TOKENS) for r in counts["beta0"]})
+        configs.update({f"R={r} dense": (inputs, make_wrapper(r, size, True, args.beta, blocks),
+                                         BASE_TOKENS + r * REGION_TOKENS) for r in counts["dense"]})
+        for r in counts["long_prompt"]:
+            tokens = BASE_TOKENS + r * REGION_TOKENS
+            configs[f"plain, {tokens}-token prompt"] = ((latent, inputs[1], prompt[:, :tokens], *rest), None, tokens)
         times: dict[str, list[float]] = {k: [] for k in configs}
-        paired: dict[str, list[float]] = {k: [] for k, w in configs.items() if w is not None}  # step / plain around
+        paired: dict[str, list[float]] = {k: [] for k in configs if k != "plain"}  # step / plain steps around it
         mems: dict[str, list[int]] = {k: [] for k in configs}
-        for wrapper in configs.values():  # build the token plans ahead (sampling builds them once per run)
+        for _, wrapper, _ in configs.values():  # build the token plans ahead (sampling builds them once per run)
             if wrapper is not None:
                 plan = wrapper.plan(size // 8, size // 8, BASE_TOKENS)
                 plan.dense_bias(torch.device("cpu"), torch.bfloat16) if plan.dense else plan.grouped_index(torch.device("cpu"))
-        step(flux, inputs, None)  # warm-up
+        for config_inputs, wrapper, _ in configs.values():  # warm-up: first calls of new shapes set up kernels
+            step(flux, config_inputs, wrapper)
         for _ in range(args.rounds):
             before = timed_step(flux, inputs, None)
             times["plain"].append(before)
-            for name, wrapper in configs.items():
-                if wrapper is None:
+            for name, (config_inputs, wrapper, _) in configs.items():
+                if name == "plain":
                     continue
-                times[name].append(timed_step(flux, inputs, wrapper))
+                times[name].append(timed_step(flux, config_inputs, wrapper))
                 after = timed_step(flux, inputs, None)
                 paired[name].append(times[name][-1] / ((before + after) / 2))
                 before = after
         peak.fix_mmap_threshold()
-        for name, wrapper in configs.items():  # memory: one more step each, after the timed rounds
+        for name, (config_inputs, wrapper, _) in configs.items():  # memory: one more step each, after the timing
             with peak:
-                step(flux, inputs, wrapper)
+                step(flux, config_inputs, wrapper)
             mems[name].append(peak.peak)
         ratios = {"plain": 1.0, **{k: statistics.median(v) for k, v in paired.items()}}
         m_plain = statistics.median(mems["plain"])
         print(f"\n{size}x{size} ({(size // 16) ** 2} image tokens)")
         print("| config | text tokens | step s (median) | time ratio | peak MB | extra peak GB |")
         print("|---|---|---|---|---|---|")
-        for name in configs:
-            r = int(name.split("=")[1].split()[0]) if name != "plain" else 0
+        for name, (_, _, tokens) in configs.items():
             t, m = statistics.median(times[name]), statistics.median(mems[name])
-            print(f"| {name} | {BASE_TOKENS + r * REGION_TOKENS} | {t:.3f} | {ratios[name]:.3f} | {m / 2**20:.0f} | "
+            print(f"| {name} | {tokens} | {t:.3f} | {ratios[name]:.3f} | {m / 2**20:.0f} | "
                   f"{(m - m_plain) / 2**30:+.3f} |", flush=True)
             summary[(size, name)] = (ratios[name], (m - m_plain) / 2**30)
     # the summary reports the default path for hard, disjoint masks (grouped)
