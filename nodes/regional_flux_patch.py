@@ -33,7 +33,8 @@ class RegionalFluxPatch(io.ComfyNode):
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input("base_ratio", default=0.2, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of the base prompt in the image attention (beta): smaller means "
-                                       "stronger regions, 1 turns regions off. Paper: 0.1-0.3."),
+                                       "stronger regions, 1 turns regions off, 0 is also the fastest (no base "
+                                       "attention for the image). Paper: 0.1-0.3."),
                 io.Int.Input("control_steps", default=10, min=0, max=10000,
                              tooltip="How many of the first sampling steps are regional (a step count; later "
                                      "steps are plain FLUX). Paper: 5-10 of 24; more means stronger regions."),
