@@ -171,12 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         blocks = (args.double, args.single)
         # name -> (model inputs, regional wrapper or None, text tokens)
         configs = {"plain": (inputs, None, BASE_TOKENS)}
-        configs.update({f"R={r}": (inputs, make_wrapper(r, size, False, args.beta, blocks),
-                                   BASE_TOKENS + r * REGION_TOKENS) for r in counts["regions"]})
-        configs.update({f"R={r} beta=0": (inputs, make_wrapper(r, size, False, 0.0, blocks),
-                                          BASE_TOKENS + r * REGION_TOKENS) for r in counts["beta0"]})
-        configs.update({f"R={r} dense": (inputs, make_wrapper(r, size, True, args.beta, blocks),
-                                         BASE_TOKENS + r * REGION_TOKENS) for r in counts["dense"]})
+        for label, key, dense, beta in (("R={}", "regions", False, args.beta), ("R={} beta=0", "beta0", False, 0.0),
+                                        ("R={} dense", "dense", True, args.beta)):
+            for r in counts[key]:
+                configs[label.format(r)] = (inputs, make_wrapper(r, size, dense, beta, blocks),
+                                            BASE_TOKENS + r * REGION_TOKENS)
         for r in counts["long_prompt"]:
             tokens = BASE_TOKENS + r * REGION_TOKENS
             configs[f"plain, {tokens}-token prompt"] = ((latent, inputs[1], prompt[:, :tokens], *rest), None, tokens)
