@@ -60,8 +60,12 @@ class SequencePlan:
         return self.base_start + self.base_len
 
     @property
+    def img_end(self) -> int:
+        return self.img_start + self.n_img
+
+    @property
     def length(self) -> int:
-        return self.img_start + self.n_img + self.n_extra
+        return self.img_end + self.n_extra
 
     @property
     def dense(self) -> bool:
@@ -100,7 +104,7 @@ class SequencePlan:
         key = ("regional", str(device))
         if key not in self._cache:
             self._cache[key] = torch.cat([torch.arange(self.base_start),
-                                          torch.arange(self.img_start, self.img_start + self.n_img)]).to(device)
+                                          torch.arange(self.img_start, self.img_end)]).to(device)
         return self._cache[key]
 
     def dense_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -169,7 +173,7 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     i), so each region is one unmasked attention over its own tokens; the base prompt is one plain attention over
     [base text | image | extra], as in the unpatched model. Cost: plain attention + Σ (tokens of region i)²."""
     index, table = plan.grouped_index(q.device)
-    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    bs, img, end = plan.base_start, plan.img_start, plan.img_end
     out = torch.empty_like(q)
     base = _base_attention(q, k, v, plan, beta, out)
     if bs and len(index) < bs + plan.n_img:  # a region text whose region holds no image token
@@ -187,7 +191,7 @@ def _base_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: f
     """Plain attention over the base tokens [base text | image | extra] (a view: no gather). Writes the base text
     and extra rows into `out`; returns the image rows' result for the beta blend, or None when beta is 0: then
     the image rows take no base attention at all, and only the base text and extra rows are computed."""
-    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    bs, img, end = plan.base_start, plan.img_start, plan.img_end
     kb, vb = k[:, :, bs:], v[:, :, bs:]
     if beta == 0:
         out[:, :, bs:img] = F.scaled_dot_product_attention(q[:, :, bs:img], kb, vb)
@@ -201,7 +205,7 @@ def _base_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: f
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
-    bs, img, end = plan.base_start, plan.img_start, plan.img_start + plan.n_img
+    bs, img, end = plan.base_start, plan.img_start, plan.img_end
     ridx = plan.regional_index(q.device)
     regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)),
                                               attn_mask=plan.dense_bias(q.device, q.dtype))
@@ -219,7 +223,7 @@ def unmasked_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan
     """An unselected block in a regional step: base text and image rows get plain attention over the base tokens
     through `plain(q, k, v) -> [B, L, H·D]` (the model's own back end), so the image sees no region text; region
     text rows get their regional attention. → [B, L, H·D]."""
-    bs, end = plan.base_start, plan.img_start + plan.n_img
+    bs, end = plan.base_start, plan.img_end
     if bs == 0:
         return plain(q, k, v)
     base = plain(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
