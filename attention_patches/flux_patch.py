@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .regional_attention import SequencePlan, regional_attention, unmasked_block_attention
+from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
 from .token_masks import region_token_masks
 
@@ -159,13 +159,19 @@ class RegionalFluxWrapper:
         texts = self.region_texts(plan).to(context.device, context.dtype)
         context = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
-        calls = []
-        opts["optimized_attention_override"] = regional_override(
-            plan, self.options, transformer_options.get("optimized_attention_override"), calls)
+        blocks = _block_counts(getattr(executor, "class_obj", None))
+        override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
+                                     [], blocks[0] if blocks else None)
+        opts["optimized_attention_override"] = override
         out = executor(x, timestep, context, y, guidance, ref_latents, control, opts, **kwargs)
-        if not calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
+        if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
             raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
                              "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
+        if override.counted and (blocks is None or len(override.calls) != sum(blocks)):
+            raise ValueError(f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
+                             f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "
+                             "blocks cannot be told apart (another patch skips or repeats blocks); update ComfyUI "
+                             "to 0.3.76 or newer")
         return out
 
     def plan(self, latent_h: int, latent_w: int, base_len: int, n_extra: int = 0) -> SequencePlan:
@@ -193,9 +199,35 @@ def _extra_tokens(ref_latents) -> int:
     return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
 
 
-def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None):
-    """An `optimized_attention_override` for one call: regional attention in the selected blocks, plain attention
-    over the base tokens elsewhere (through `previous`, or the back end ComfyUI chose). Appends to `calls`."""
+def _block_counts(flux) -> tuple[int, int] | None:
+    """(double blocks, single blocks) of a FLUX model, or None when the wrapper is not handed the model."""
+    if flux is None or not hasattr(flux, "double_blocks"):
+        return None
+    return len(flux.double_blocks), len(flux.single_blocks)
+
+
+def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:
+    """(block kind, block index, counted) of a joint attention call. ComfyUI 0.3.76+ puts the block in
+    transformer_options; older hosts do not, and then FLUX's order (every double block, then every single block,
+    one joint attention each) gives it from the number of calls so far in this model call."""
+    kind, index = opts.get("block_type"), opts.get("block_index")
+    if kind in ("double", "single") and isinstance(index, int):
+        return kind, index, False
+    if n_double is None:
+        raise ValueError("Regional FLUX: this ComfyUI does not tell the attention which block runs; update ComfyUI "
+                         "to 0.3.76 or newer")
+    if calls_so_far < n_double:
+        return "double", calls_so_far, True
+    return "single", calls_so_far - n_double, True
+
+
+def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None,
+                      n_double: int | None = None):
+    """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
+    unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
+    ComfyUI chose. `override.calls` lists (block_type, block_index) of every joint attention call;
+    `override.counted` says the blocks were counted (the host gave no block info)."""
+    calls = [] if calls is None else calls
 
     def plain_call(func, q, k, v, heads, **kwargs):
         if previous is not None:
@@ -212,16 +244,17 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
         if mask is not None:
             raise ValueError("Regional FLUX: the conditioning carries an attention mask; regional prompting "
                              "cannot combine with it (remove the masked conditioning)")
-        kind, index = opts.get("block_type"), opts.get("block_index")
-        if calls is not None:
-            calls.append((kind, index))
+        kind, index, counted = block_of_call(opts, len(calls), n_double)
+        override.counted = override.counted or counted
+        calls.append((kind, index))
         selected = options.double_blocks if kind == "double" else options.single_blocks
         if index in selected:
             return regional_attention(q, k, v, plan, options.beta)
-        return unmasked_block_attention(
-            q, k, v, plan, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
+        return unselected_block_attention(
+            q, k, v, plan, options.beta, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
 
-    override.calls = calls  # (block_type, block_index) of every call, for checks and tests
+    override.calls = calls
+    override.counted = False
     return override
 
 

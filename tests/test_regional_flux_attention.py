@@ -8,16 +8,17 @@ import torch.nn.functional as F
 import pytest
 
 from regional_layout.attention_patches.regional_attention import (SequencePlan, regional_attention,
-                                                                 unmasked_block_attention)
+                                                                 unselected_block_attention)
 from regional_layout.attention_patches.token_masks import region_token_masks
 
 torch.set_num_threads(1)
 
 
-def naive_reference(q, k, v, t0, text_lens, hard, beta):
+def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
     """The joint sequence is [region texts | base text (t0) | image | extra]. A dense boolean mask over
     [region texts | image], per the paper's rules, plus plain base attention over [base text | image | extra];
-    image rows blended (1 - beta) * regional + beta * base."""
+    image rows blended (1 - beta) * regional + beta * base. `masked=False` is the official code's rule for a block
+    outside the chosen set during a control step: the same two attentions and the same blend, without the mask."""
     B, H, L, D = q.shape
     n_txt, n_img = sum(text_lens), hard.shape[1]
     img0 = n_txt + t0
@@ -36,6 +37,8 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta):
         for r in range(n_img):
             shared = bool((hard[:, p] & hard[:, r]).any())
             allow[n_txt + p, n_txt + r] = shared or bool(outside[p] and outside[r])
+    if not masked:
+        allow[:] = True
     regional_idx = torch.cat([torch.arange(n_txt), torch.arange(img0, img0 + n_img)])
     regional = F.scaled_dot_product_attention(q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx],
                                               attn_mask=allow)
@@ -88,10 +91,13 @@ def test_matches_naive_reference(regions, overlap, background):
             dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), beta)
             torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, beta), atol=1e-5,
                                        rtol=0)
-    # an unselected block: plain attention for base text, image and extra rows (beta = 1), the region texts' own
+    # a block outside the chosen set: the official rule (the regional stream unmasked, still blended by beta),
+    # its base attention through the model's back end (here SDPA in the [B, L, H·D] layout ComfyUI returns)
     plain = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)  # noqa: E731
-    torch.testing.assert_close(unmasked_block_attention(q, k, v, plan, plain),
-                               naive_reference(q, k, v, t0, text_lens, tm.hard, 1.0), atol=1e-5, rtol=0)
+    for beta in (0.0, 0.2, 1.0):
+        torch.testing.assert_close(unselected_block_attention(q, k, v, plan, beta, plain),
+                                   naive_reference(q, k, v, t0, text_lens, tm.hard, beta, masked=False),
+                                   atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,3 +326,75 @@ def test_every_cpu_attention_back_end_and_a_chained_override(flux, backend):
     torch.testing.assert_close(chained, reference, atol=1e-4, rtol=1e-4)
     all_blocks = wrapper_for(cond)
     assert torch.equal(run(flux, all_blocks, override=force_backend, **x), run(flux, all_blocks, **x))
+
+
+def reference_override(plan, beta, double, single, calls):
+    """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
+    the chosen blocks, unmasked (official rule) in the others."""
+    def override(func, q, k, v, heads, mask=None, **kwargs):
+        opts = kwargs.get("transformer_options") or {}
+        chosen = double if opts.get("block_type") == "double" else single
+        calls.append(opts.get("block_index"))
+        return naive_reference(q, k, v, plan.base_len, plan.text_lens, plan.masks.hard, beta,
+                               masked=opts.get("block_index") in chosen)
+    return override
+
+
+@pytest.mark.parametrize("double,single", [("every 2", "every 2"), ("0", "1"), ("none", "all"), ("all", "none"),
+                                           ("1", "0,2")])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+@pytest.mark.parametrize("dense", [False, True], ids=["grouped", "dense"])
+def test_mixed_block_selections_match_the_official_rule(flux3, double, single, beta, dense):
+    """Blocks outside the selection still run the regional stream, unmasked and blended by beta (the official
+    transformer_flux.py drops only the mask there): the whole patched model agrees with the naive reference."""
+    from regional_layout.attention_patches.flux_patch import parse_blocks
+
+    x = inputs()
+    cond = regional_cond(embeds([3, 5]), background=True)
+    chosen = dict(double_blocks=parse_blocks(double, 3), single_blocks=parse_blocks(single, 3))
+    wrapper = wrapper_for(cond, beta=beta, force_dense=dense, **chosen)
+    ours = run(flux3, wrapper, **x)
+    plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, x["context"].shape[1])
+    calls = []
+    reference = reference_override(plan, beta, chosen["double_blocks"], chosen["single_blocks"], calls)
+    context = torch.cat([wrapper.region_texts(plan), x["context"]], dim=1)
+    expected = run(flux3, override=reference, **{**x, "context": context})
+    assert calls == [0, 1, 2, 0, 1, 2]
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def flux3():
+    from rl_devkit.tiny_models import small_flux
+
+    return small_flux(depth=3, depth_single_blocks=3, seed=4)
+
+
+def hide_block_info(skip=None):
+    """patches_replace['dit'] entries (ComfyUI's own block-replace patch point) that hide which block runs, as
+    ComfyUI before 0.3.76 does; `skip` = a block that is skipped instead of run (what a block-skipping patch does)."""
+    def make(key):
+        def patch(args, extra):
+            if key == skip:
+                return {k: args[k] for k in ("img", "txt") if k in args}
+            opts = {k: v for k, v in args["transformer_options"].items() if k not in ("block_type", "block_index")}
+            return extra["original_block"]({**args, "transformer_options": opts})
+        return patch
+    keys = [(f"{kind}_block", i) for kind in ("double", "single") for i in range(3)]
+    return {"dit": {key: make(key) for key in keys}}
+
+
+@pytest.mark.parametrize("double,single", [("every 2", "1"), ("all", "none")])
+def test_blocks_are_counted_when_the_host_does_not_name_them(flux3, double, single):
+    """Without block_type / block_index in transformer_options, the regional result is bit-identical to the run
+    with them; a patch that skips a block then makes the count wrong, which is an error, never a silent plain run."""
+    from regional_layout.attention_patches.flux_patch import parse_blocks
+
+    x = inputs()
+    wrapper = wrapper_for(regional_cond(embeds([3, 5]), background=True),
+                          double_blocks=parse_blocks(double, 3), single_blocks=parse_blocks(single, 3))
+    named = run(flux3, wrapper, **x)
+    assert torch.equal(run(flux3, wrapper, patches_replace=hide_block_info(), **x), named)
+    assert not torch.equal(named, run(flux3, **x))
+    with pytest.raises(ValueError, match="update ComfyUI to 0.3.76 or newer"):
+        run(flux3, wrapper, patches_replace=hide_block_info(skip=("single_block", 1)), **x)
