@@ -28,8 +28,7 @@ class RegionLayoutNode(io.ComfyNode):
                         "a layout JSON; gives the regions both regional methods consume, their masks and a preview.",
             inputs=[
                 *layout_inputs(width_tip="Width of the picture the layout describes, in pixels.",
-                               background_tip="Prompt for the area no region covers; empty means no background "
-                                              "region."),
+                               background_tip="Prompt for the area no region covers (a region of its own)."),
                 io.String.Input("editor_state", default=EMPTY_STATE, socketless=True,
                                 tooltip="The editor's drawing as versioned JSON (written by the canvas; scripts "
                                         "may set it through the API). Schema: layout/editor_state.py."),
@@ -99,8 +98,7 @@ class RegionsFromColorMap(io.ComfyNode):
                 io.Int.Input("tolerance", default=16, min=0, max=128,
                              tooltip="Colours this close (0-255 per channel) to a region's colour join it."),
                 *layout_inputs(width_tip="Width of the picture the layout describes; the map is resized to it.",
-                               background_tip="Prompt for the black (uncovered) area; empty means no background "
-                                              "region."),
+                               background_tip="Prompt for the black (uncovered) area (a region of its own)."),
             ],
             outputs=[
                 Regions.Output(display_name="regions", tooltip="Masks, prompts and boxes of every region."),

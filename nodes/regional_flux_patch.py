@@ -40,10 +40,12 @@ class RegionalFluxPatch(io.ComfyNode):
                                      "steps are plain FLUX). Paper: 5-10 of 24; more means stronger regions."),
                 io.String.Input("double_blocks", default="all",
                                 tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-7,12' (FLUX.1 has 19, numbered from 0)."),
+                                        "like '0-7,12' (FLUX.1 has 19, numbered from 0). In the other blocks the "
+                                        "region prompts still take part, without the mask (the paper's code)."),
                 io.String.Input("single_blocks", default="all",
                                 tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-37' (FLUX.1 has 38, numbered from 0)."),
+                                        "like '0-37' (FLUX.1 has 38, numbered from 0). In the other blocks the "
+                                        "region prompts still take part, without the mask (the paper's code)."),
                 io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
                                tooltip="Soften every region's edge by this many pixels (uses the exact dense "
                                        "attention path, which is slower)."),

@@ -15,8 +15,10 @@ class RegionalPromptEncode(io.ComfyNode):
             display_name="Regional Prompt Encode (FLUX)",
             category=f"{CATEGORY}/flux",
             description="Encodes the layout's base prompt (for the sampler) and each region's prompt (for the "
-                        "Regional FLUX Patch) with the FLUX text encoder. Region prompts keep only their real T5 "
-                        "tokens; regions without a prompt or with an empty mask are skipped with a warning.",
+                        "Regional FLUX Patch) with the FLUX text encoder. Each region's prompt is encoded as that prompt "
+                        "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens, so regions never "
+                        "change each other's embeddings; regions without a prompt or with an empty mask are "
+                        "skipped with a warning.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader, type flux)."),
                 Regions.Input("regions", tooltip="Masks and prompts of the regions, with the base prompt and the "

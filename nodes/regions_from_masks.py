@@ -21,8 +21,7 @@ class RegionsFromMasks(io.ComfyNode):
                                 tooltip="One prompt per line, in the order of the masks."),
                 *layout_inputs(width_tip="Width of the picture the layout describes, in pixels; masks are resized "
                                          "to it.",
-                               background_tip="Prompt for the area no mask covers; empty means no background region.",
-                               background_default="a photo"),
+                               background_tip="Prompt for the area no mask covers (a region of its own)."),
                 io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
                                tooltip="Soften every region's edge by this many pixels (0 keeps hard edges)."),
             ],
