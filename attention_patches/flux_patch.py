@@ -1,4 +1,5 @@
-"""Regional prompting applied to a FLUX.1 model through ComfyUI's own patch points.
+"""Regional prompting applied to a FLUX-like model (FLUX.1, Chroma: see families.py) through ComfyUI's own patch
+points.
 
 A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
 positive rows with the region texts put before the base prompt (FLUX's text positions are all 0, so the order
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .families import FLUX1, ModelFamily
 from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
-FLUX_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -98,20 +99,25 @@ def _take(value, rows: Tensor, batch: int):
 
 
 class RegionalFluxWrapper:
-    """The DIFFUSION_MODEL wrapper. Holds only its inputs and caches derived from them (token plans)."""
+    """The DIFFUSION_MODEL wrapper of a FLUX-like model (`family`). Holds only its inputs and caches derived from
+    them (token plans)."""
 
-    def __init__(self, cond: RegionalConditioning, options: RegionalFluxOptions):
+    def __init__(self, cond: RegionalConditioning, options: RegionalFluxOptions, family: ModelFamily = FLUX1):
         self.cond = cond
         self.options = options
+        self.family = family
         self._plans: dict[tuple, SequencePlan] = {}
 
     def to(self, *args, **kwargs) -> "RegionalFluxWrapper":
         return self  # tensors are moved per call (they are small)
 
     # -----------------------------------------------------------------------------------------------------
-    def __call__(self, executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options,
-                 **kwargs):
-        args = (x, timestep, context, y, guidance, ref_latents, control)
+    def __call__(self, executor, *call_args, **kwargs):
+        n = len(self.family.forward_args)
+        args, transformer_options = call_args[:n], call_args[n] if len(call_args) > n else kwargs.pop(
+            "transformer_options", {})
+        named = dict(zip(self.family.forward_args, args))
+        x, context = named["x"], named["context"]
         if not self.options.changes_anything or not step_is_controlled(transformer_options,
                                                                        self.options.control_steps):
             return executor(*args, transformer_options, **kwargs)
@@ -143,27 +149,33 @@ class RegionalFluxWrapper:
             out[rows.to(part.device)] = part
         return out
 
-    def _check(self, x: Tensor, context: Tensor, flux=None) -> None:
-        img_in = getattr(getattr(flux, "img_in", None), "weight", None)
-        channels = img_in.shape[1] // 4 if img_in is not None else FLUX_CHANNELS  # Fill/Canny add concat channels
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; FLUX.1 needs a 16-channel latent "
-                             "(use EmptySD3LatentImage or encode with the FLUX VAE)")
+    def _check(self, x: Tensor, context: Tensor, model=None) -> None:
+        family = self.family
+        img_in = getattr(getattr(model, "img_in", None), "weight", None)
+        per_token = family.patch_size ** 2
+        channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
+        if x.ndim != 4 or x.shape[1] != channels:                                                # concat channels
+            raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
+                             f"{family.latent_channels}-channel latent (use {family.latent_hint} or encode with "
+                             f"the {family.name} VAE)")
         if context.shape[-1] != self.cond.width:
             raise ValueError(f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
-                             f"{context.shape[-1]}: encode both with the same FLUX text encoder")
+                             f"{context.shape[-1]}: encode both with the same {family.name} text encoder "
+                             f"({family.text_encoder_hint})")
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
-        x, timestep, context, y, guidance, ref_latents, control = args
-        plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], _extra_tokens(ref_latents))
+        named = dict(zip(self.family.forward_args, args))
+        x, context = named["x"], named["context"]
+        extra = _extra_tokens(named.get("ref_latents")) if self.family.reference_tokens else 0
+        plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
-        context = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
+        named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
-        blocks = _block_counts(getattr(executor, "class_obj", None))
+        blocks = self.family.blocks(getattr(executor, "class_obj", None))
         override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
                                      [], blocks[0] if blocks else None)
         opts["optimized_attention_override"] = override
-        out = executor(x, timestep, context, y, guidance, ref_latents, control, opts, **kwargs)
+        out = executor(*named.values(), opts, **kwargs)
         if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
             raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
                              "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
@@ -197,13 +209,6 @@ def _extra_tokens(ref_latents) -> int:
     if not ref_latents:
         return 0
     return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
-
-
-def _block_counts(flux) -> tuple[int, int] | None:
-    """(double blocks, single blocks) of a FLUX model, or None when the wrapper is not handed the model."""
-    if flux is None or not hasattr(flux, "double_blocks"):
-        return None
-    return len(flux.double_blocks), len(flux.single_blocks)
 
 
 def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:
@@ -258,12 +263,12 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
     return override
 
 
-def apply_regional_flux(model, cond: RegionalConditioning, options: RegionalFluxOptions):
-    """A clone of the ModelPatcher `model` with the regional wrapper; `model` itself is not changed."""
+def apply_regional_flux(model, cond: RegionalConditioning, options: RegionalFluxOptions, family: ModelFamily = FLUX1):
+    """A clone of the ModelPatcher `model` (a `family` model) with the regional wrapper; `model` is not changed."""
     patched = model.clone()
     patched.remove_wrappers_with_key("diffusion_model", PATCH_KEY)  # a second patcher node replaces the first
     if options.changes_anything:
-        patched.add_wrapper_with_key("diffusion_model", PATCH_KEY, RegionalFluxWrapper(cond, options))
+        patched.add_wrapper_with_key("diffusion_model", PATCH_KEY, RegionalFluxWrapper(cond, options, family))
     else:
         logging.info("Regional FLUX: base_ratio 1, no control steps or no blocks selected: the model is unchanged")
     return patched

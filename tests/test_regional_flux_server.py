@@ -110,7 +110,7 @@ def test_non_flux_model_is_rejected_and_server_carries_on(comfy_server):
     patch = next(k for k, v in prompt.items() if v["class_type"] == "RL_RegionalFluxPatch")
     prompt[patch]["inputs"]["model"] = ["sdxl", 0]
     text = error_text(comfy_server, prompt)
-    assert "not FLUX.1" in text and "model" in text, text
+    assert "not support" in text and "FLUX.1, Chroma" in text and "model" in text, text
     after, _ = image(comfy_server, graphs.regional_flux(seed=11, **SIZE))
     assert after.shape == (72, 112, 3)
 

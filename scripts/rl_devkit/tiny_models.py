@@ -179,6 +179,25 @@ def small_flux(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth
     return model.eval().requires_grad_(False)
 
 
+def small_chroma(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth_single_blocks: int = 2,
+                 seed: int = 0, *, context_in_dim: int = 64):
+    """A small Chroma (FLUX blocks without the pooled vector; modulations from the distilled guidance layer) from
+    ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels in 2x2 patches."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.chroma.model import Chroma
+
+    model = Chroma(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=context_in_dim,
+                   hidden_size=hidden_size, mlp_ratio=4.0, num_heads=num_heads, depth=depth,
+                   depth_single_blocks=depth_single_blocks, axes_dim=flux_axes_dim(hidden_size // num_heads),
+                   theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden_size, hidden_dim=64,
+                   n_layers=1, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            param.copy_(init_value(key, tuple(param.shape), seed))
+    return model.eval().requires_grad_(False)
+
+
 def flux_axes_dim(head_dim: int) -> list[int]:
     """FLUX.1's RoPE split of a head ([16, 56, 56] for 128) scaled to `head_dim`; every part must be even."""
     first = head_dim // 8
