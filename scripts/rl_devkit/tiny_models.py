@@ -116,6 +116,7 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
         TinyModel("diffusion_models/flux1-dev.safetensors", "bfloat16", _flux, {"guidance_embed": True, **flux_depths}),
         TinyModel("diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux,
                   {"guidance_embed": False, **flux_depths}),
+        TinyModel("diffusion_models/Chroma1-HD.safetensors", "bfloat16", _chroma, flux_depths),
         TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
         TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
         TinyModel("checkpoints/sd_xl_base_1.0.safetensors", "float16", _checkpoint, {"family": "SDXL", "unet": SDXL_UNET}),
@@ -260,6 +261,19 @@ def _flux(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
     config_class = sm.Flux if guidance_embed else sm.FluxSchnell
     tensors = dict(config_class(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", config_class, config)
+    return tensors
+
+
+def _chroma(depth: int, depth_single_blocks: int) -> dict:
+    """A Chroma diffusion model file (UNETLoader): FLUX's blocks without guidance or vector inputs, modulations from
+    the distilled guidance layer, whose sizes ComfyUI's detection fixes (in 64, hidden 5120, 5 layers, out 3072)."""
+    import comfy.supported_models as sm
+
+    config = {key: value for key, value in FLUX_DIT.items() if key != "vec_in_dim"}
+    config.update(image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=3072, hidden_dim=5120,
+                  n_layers=5, depth=depth, depth_single_blocks=depth_single_blocks)
+    tensors = dict(sm.Chroma(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", sm.Chroma, config)
     return tensors
 
 
