@@ -5,14 +5,18 @@ How the guided sampler reaches x between steps without copying a sampler loop: t
 over all sigmas, on a thin wrapper of its denoiser. At the first model call of each guided step i (sigma ==
 sigmas[i], before the sampler's callback for that step) the wrapper updates the sampler's own x in place,
 z <- z - gamma * grad D. The sampler then continues with that x, so multistep history, ancestral noise and
-progress callbacks are the sampler's own. Each guided step is verified at the callback (the callback's x must
-be the tensor that was guided); samplers that evaluate the model on a derived tensor, or on sigmas off the
-schedule, are in FALLBACK_SAMPLERS: their guided head runs as Euler (DDIM) steps and the chosen sampler
-then runs the rest of the schedule.
+progress callbacks are the sampler's own.
+
+Only the samplers in GUIDED_SAMPLERS run that way: for each of them a test shows that every guided step's pull
+is carried by the sampler's state. Every other sampler (also any a newer ComfyUI adds) runs its guided head as
+Euler (DDIM) steps and then itself on the rest of the schedule. Each guided step is also checked while sampling
+(it must be applied at its sigma, and the sampler's callback for it must see the guided tensor); a step that
+fails the check restarts the run on that fallback.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -28,12 +32,24 @@ from .backward import GuidanceSettings, distance, guidance_step
 from .inversion import inversion_grid, invert_euler
 from .trajectory import Trajectory, forward_noise, guided_steps
 
-# Samplers whose model calls do not all land on the state tensor at the schedule's sigmas (see module doc).
-FALLBACK_SAMPLERS = frozenset({
-    "uni_pc", "uni_pc_bh2", "dpm_fast", "dpm_adaptive",  # not one schedule sigma per model call
-    "heun", "heunpp2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",  # 2nd call after callback
-    "ipndm", "ipndm_v", "deis",  # callback reports a stale x, so the guided step cannot be verified
+# Samplers that carry every guided step's pull in their own state (tests/test_lsregen_samplers.py checks this for
+# every name ComfyUI offers). lcm keeps no state between steps (each step is the model's prediction plus fresh
+# noise), so the pull acts through the prediction of the guided latent, as in every sampler's model call.
+GUIDED_SAMPLERS = frozenset({
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "ddim", "ddpm", "lcm", "lms", "dpm_2",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "res_multistep",
+    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3",
 })
+# Why the others fall back (as of ComfyUI 0.3.76): uni_pc(_bh2), dpm_fast, dpm_adaptive evaluate the model off the
+# schedule's sigmas; heun, heunpp2, dpm_2_ancestral, dpmpp_2s_ancestral(_cfg_pp) make a second call after the
+# callback; ipndm(_v), deis report a stale x to the callback; sa_solver(_pece)'s corrector rebuilds x from the
+# unguided state, so the pull of every guided step after the first is lost.
+
+
+class PullNotOnState(RuntimeError):
+    """A guided step's pull did not land on the sampler's state (the run then restarts on the fallback)."""
 
 
 @dataclass
@@ -53,6 +69,7 @@ class GuidancePlan:
     mask: torch.Tensor | None = None  # (1 or B, 1, h, w) latent-resolution mask for the "masked" feature
     start_from_trajectory: bool = False  # begin at z_bar(sigma_0) instead of latent + sigma_0 * noise
     log: list[GuidedStep] = field(default_factory=list)
+    fallback: str | None = None  # why the guided head ran as Euler steps (None: the chosen sampler guided itself)
 
 
 def model_kind(model) -> str:
@@ -60,11 +77,12 @@ def model_kind(model) -> str:
 
 
 class _StepGuide:
-    """Applies the guidance update at the first model call of each guided step (see module doc)."""
+    """Applies the guidance update at the first model call of each guided step and checks, at the sampler's
+    callback, that it landed on the sampler's state (see module doc)."""
 
-    def __init__(self, plan: GuidancePlan, sigmas: torch.Tensor, guided: int, first_step: int = 0):
+    def __init__(self, plan: GuidancePlan, sigmas: torch.Tensor, guided: int):
         self.plan, self.sigmas, self.guided = plan, sigmas, guided
-        self.step, self.armed, self.pending = first_step, True, None
+        self.step, self.armed, self.pending = 0, True, None
 
     def before_model(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
         if not self.armed or self.step >= self.guided:
@@ -80,9 +98,18 @@ class _StepGuide:
         self.pending, self.armed = x, False
 
     def after_step(self, i: int, x: torch.Tensor) -> None:
-        if self.pending is not None and self.plan.log and self.plan.log[-1].step == i:
-            self.plan.log[-1].on_state = x is self.pending
+        if i < self.guided:
+            entry = self.plan.log[-1] if self.plan.log else None
+            if entry is None or entry.step != i:
+                raise PullNotOnState(f"guided step {i} made no model call at its sigma {float(self.sigmas[i]):.4g}")
+            if x is not self.pending:
+                raise PullNotOnState(f"the callback of guided step {i} reports another tensor than the guided one")
+            entry.on_state = True
         self.pending, self.step, self.armed = None, i + 1, True
+
+    def check_done(self) -> None:
+        if [g.step for g in self.plan.log if g.on_state] != list(range(self.guided)):
+            raise PullNotOnState(f"the sampler did not confirm all {self.guided} guided steps at its callback")
 
 
 class _GuidedDenoiser:
@@ -103,22 +130,41 @@ def _sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=Non
                    lsregen_inner_name, lsregen_plan):
     inner: comfy.samplers.KSAMPLER = lsregen_inner
     plan: GuidancePlan = lsregen_plan
-    total = len(sigmas) - 1
-    guide = _StepGuide(plan, sigmas, guided_steps(total, plan.fraction))
+    if lsregen_inner_name in GUIDED_SAMPLERS:
+        start = x.clone()  # the guide writes into x: keep the start for a fallback run
+        try:
+            return _run_guided(inner.sampler_function, model, x, sigmas, extra_args, callback, disable, plan,
+                               guided_steps(len(sigmas) - 1, plan.fraction), **inner.extra_options)
+        except PullNotOnState as err:
+            plan.fallback = f"{lsregen_inner_name}: {err}"
+            logging.warning("Backward guidance: %s; running the guided steps as Euler instead", plan.fallback)
+            plan.log.clear()
+            x = start
+    else:
+        plan.fallback = f"{lsregen_inner_name} is not in GUIDED_SAMPLERS"
+    return _run_fallback(inner, model, x, sigmas, extra_args, callback, disable, plan)
+
+
+def _run_guided(sampler_function, model, x, sigmas, extra_args, callback, disable, plan: GuidancePlan, guided: int,
+                **options):
+    guide = _StepGuide(plan, sigmas, guided)
 
     def step_callback(d):
         guide.after_step(d["i"], d["x"])
         if callback is not None:
             callback(d)
 
-    if lsregen_inner_name not in FALLBACK_SAMPLERS:
-        return inner.sampler_function(_GuidedDenoiser(model, guide), x, sigmas, extra_args=extra_args,
-                                      callback=step_callback, disable=disable, **inner.extra_options)
-    # Fallback: the guided head as Euler (DDIM) steps, then the chosen sampler on the rest of the schedule.
-    head = guide.guided
+    out = sampler_function(_GuidedDenoiser(model, guide), x, sigmas, extra_args=extra_args, callback=step_callback,
+                           disable=disable, **options)
+    guide.check_done()
+    return out
+
+
+def _run_fallback(inner, model, x, sigmas, extra_args, callback, disable, plan: GuidancePlan):
+    """The guided head as Euler (DDIM) steps, then the chosen sampler on the rest of the schedule."""
+    total, head = len(sigmas) - 1, guided_steps(len(sigmas) - 1, plan.fraction)
     euler = comfy.samplers.ksampler("euler")
-    x = euler.sampler_function(_GuidedDenoiser(model, guide), x, sigmas[:head + 1], extra_args=extra_args,
-                               callback=step_callback, disable=disable)
+    x = _run_guided(euler.sampler_function, model, x, sigmas[:head + 1], extra_args, callback, disable, plan, head)
     if head >= total:
         return x
 

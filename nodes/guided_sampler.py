@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
-from ..guidance.sampling import GuidancePlan, sample
+from ..guidance.sampling import GUIDED_SAMPLERS, GuidancePlan, sample
 from ..layout.boxes import box_mask, boxes_from_layout
 from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions, Trajectory
@@ -21,6 +21,11 @@ def layout_mask(regions, latent: torch.Tensor) -> torch.Tensor:
     return box_mask(boxes, *latent.shape[-2:])[None, None]
 
 
+def fallback_samplers() -> list[str]:
+    """The host's samplers that run their guided steps as Euler (all but GUIDED_SAMPLERS)."""
+    return [name for name in comfy.samplers.SAMPLER_NAMES if name not in GUIDED_SAMPLERS]
+
+
 class BackwardGuidanceKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -30,7 +35,8 @@ class BackwardGuidanceKSampler(io.ComfyNode):
             category=f"{CATEGORY}/lsregen",
             description="KSampler that, during the first steps, pulls its noisy latent toward the layout prior's "
                         "inverted latents: z <- z - gamma * grad D(feat(z), feat(z_bar)). Works with every sampler "
-                        "and scheduler; with gamma 0 or fraction 0 it is exactly KSampler.",
+                        "(some run their guided steps as Euler) and scheduler; with gamma 0 or fraction 0 it is "
+                        "exactly KSampler.",
             inputs=[
                 io.Model.Input("model", tooltip="The model (SDXL) used for denoising the input latent."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
@@ -39,9 +45,9 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
-                               tooltip="Any sampler. Those that evaluate the model off the schedule or on derived "
-                                       "latents (uni_pc, dpm_fast/adaptive, heun, 2s/2-ancestral, ipndm, deis) run "
-                                       "their guided steps as Euler, then themselves."),
+                               tooltip="Any sampler. Its guided steps run inside the sampler, except for these, "
+                                       "which run them as Euler (DDIM) steps and then themselves (README, "
+                                       f"'Samplers'): {', '.join(fallback_samplers())}."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
                                tooltip="The scheduler."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),

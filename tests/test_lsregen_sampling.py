@@ -79,7 +79,7 @@ def test_gamma_zero_or_fraction_zero_equal_ksampler(sd15, sampler_name, gamma, f
     assert torch.equal(guided(model, positive, negative, sampler_name, plan, steps), expected)
     assert plan.log == []
     # The guided sampler object itself, hooked into every step with gamma 0, changes nothing either
-    # (for samplers outside S.FALLBACK_SAMPLERS, which run their guided head as Euler).
+    # (for samplers in S.GUIDED_SAMPLERS; the others run their guided head as Euler).
     plan = S.GuidancePlan(trajectory, GuidanceSettings(0.0), 1.0)
     sigmas = S.ksampler_sigmas(model, steps, sampler_name, "normal", 1.0)
     noise = comfy.sample.prepare_noise(torch.zeros(LATENT), SEED)
