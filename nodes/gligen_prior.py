@@ -3,7 +3,7 @@
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..guidance.gligen_prior import sample_prior
+from ..guidance.comfy_gligen import sample_prior
 from ..layout.boxes import boxes_from_layout, check_boxes, parse_boxes
 from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions

@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
-from ..guidance.sampling import GUIDED_SAMPLERS, GuidancePlan, sample
+from ..guidance.comfy_sampling import GUIDED_SAMPLERS, GuidancePlan, TrajectoryMismatch, sample
 from ..layout.boxes import box_mask, boxes_from_layout
 from .checks import finite, sampler_and_scheduler
 from .types import CATEGORY, Regions, Trajectory
@@ -105,8 +105,6 @@ class BackwardGuidanceKSampler(io.ComfyNode):
         try:
             out = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                          plan)
-        except ValueError as err:
-            if str(err).startswith("trajectory:"):
-                raise ValueError(f"{name}: {err}") from None
-            raise
+        except TrajectoryMismatch as err:
+            raise ValueError(f"{name}: {err}") from None
         return io.NodeOutput(out)

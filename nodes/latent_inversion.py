@@ -3,7 +3,7 @@
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..guidance.sampling import invert
+from ..guidance.comfy_inversion import invert
 from .checks import finite, one_of
 from .types import CATEGORY, Trajectory
 

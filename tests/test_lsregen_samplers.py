@@ -17,7 +17,7 @@ from pathlib import Path
 import comfy.samplers
 import pytest
 import torch
-from regional_layout.guidance import sampling as S
+from regional_layout.guidance import comfy_sampling as S
 from regional_layout.guidance.backward import GuidanceSettings
 from regional_layout.guidance.trajectory import Trajectory
 from support import graphs

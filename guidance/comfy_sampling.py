@@ -1,5 +1,5 @@
-"""LSReGen on ComfyUI's own sampling machinery: a KSAMPLER that wraps any sampler with backward guidance,
-latent inversion as a KSAMPLER, and the KSampler-equivalent entry points the nodes call.
+"""Host adapter: LSReGen's backward guidance on ComfyUI's own sampling machinery. A KSAMPLER that wraps any
+sampler with the guidance of backward.py, and `sample`, the KSampler-equivalent entry point the node calls.
 
 How the guided sampler reaches x between steps without copying a sampler loop: the chosen sampler runs once
 over all sigmas, on a thin wrapper of its denoiser. At the first model call of each guided step i (sigma ==
@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
 
 from .backward import GuidanceSettings, distance, guidance_step
-from .inversion import inversion_grid, invert_euler
-from .trajectory import Trajectory, forward_noise, guided_steps
+from .trajectory import Trajectory, guided_steps
 
 # Samplers that carry every guided step's pull in their own state (tests/test_lsregen_samplers.py checks this for
 # every name ComfyUI offers). lcm keeps no state between steps (each step is the model's prediction plus fresh
@@ -46,6 +44,10 @@ GUIDED_SAMPLERS = frozenset({
 # schedule's sigmas; heun, heunpp2, dpm_2_ancestral, dpmpp_2s_ancestral(_cfg_pp) make a second call after the
 # callback; ipndm(_v), deis report a stale x to the callback; sa_solver(_pece)'s corrector rebuilds x from the
 # unguided state, so the pull of every guided step after the first is lost.
+
+
+class TrajectoryMismatch(ValueError):
+    """The trajectory does not fit this sampler's model, latent or schedule (the message names the fix)."""
 
 
 class PullNotOnState(RuntimeError):
@@ -185,19 +187,20 @@ def guided_sampler(sampler_name: str, plan: GuidancePlan) -> comfy.samplers.KSAM
 def check_trajectory(trajectory: Trajectory, model, latent: torch.Tensor, first_sigma: float) -> None:
     kind = model_kind(model)
     if trajectory.model_kind != kind:
-        raise ValueError(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
+        raise TrajectoryMismatch(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
                          f"{kind}: invert with the same model")
     shape, want = tuple(latent.shape), trajectory.latent_shape
     if shape[1:] != want[1:] or want[0] not in (1, shape[0]):
-        raise ValueError(f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
+        raise TrajectoryMismatch(f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
                          "invert a latent of the same size (upscale the prior to this size first)")
     if first_sigma > trajectory.sigma_max * (1 + 1e-4) + 1e-6:
-        raise ValueError(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
+        raise TrajectoryMismatch(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
                          f"sigma {first_sigma:.4g}: invert with the same steps and scheduler and at least this "
                          "fraction")
 
 
-def _callback_and_pbar(model, steps: int):
+def progress(model, steps: int):
+    """KSampler's preview callback and progress-bar switch (as nodes.common_ksampler sets them)."""
     return latent_preview.prepare_callback(model, steps), not comfy.utils.PROGRESS_BAR_ENABLED
 
 
@@ -208,8 +211,9 @@ def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denois
 
 def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
            latent: dict, denoise: float = 1.0, plan: GuidancePlan | None = None) -> dict:
-    """KSampler (nodes.common_ksampler) step for step; with a plan, backward guidance in the first steps.
-    Without a plan, or with gamma = 0 or fraction 0, this is exactly ComfyUI's KSampler."""
+    """nodes.common_ksampler with KSampler's sigmas handed to comfy.sample.sample_custom, so that a plan can swap
+    in the guided sampler (and, with start_from_trajectory, the start latent). Without a plan, or with gamma 0 or
+    fraction 0, this is exactly ComfyUI's KSampler."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
@@ -222,56 +226,8 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
             start = plan.trajectory.at(float(sigmas[0])).expand_as(latent_image)
             latent_image = model.model.process_latent_out(start.clone()).to(latent_image)
             noise = torch.zeros_like(latent_image)
-    callback, disable_pbar = _callback_and_pbar(model, steps)
-    samples = comfy.samplers.sample(model, noise, positive, negative, cfg, model.load_device, sampler, sigmas,
-                                    model_options=model.model_options, latent_image=latent_image,
-                                    denoise_mask=latent.get("noise_mask"), callback=callback,
-                                    disable_pbar=disable_pbar, seed=seed)
-    out = latent.copy()
-    out["samples"] = samples.to(comfy.model_management.intermediate_device())
-    return out
-
-
-@torch.no_grad()  # as k-diffusion's samplers: ComfyUI's weights require grad, so a caller outside inference
-def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states,
-                      lsregen_refine=0):
-    def on_step(i, denoised, state):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if callback is not None:
-            callback({"x": state, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-
-    denoise = lambda v, s: model(v, s, **(extra_args or {}))  # noqa: E731
-    states = invert_euler(denoise, x, sigmas, on_step, lsregen_refine)
-    lsregen_states.append(states.float().to(comfy.model_management.intermediate_device()))
-    return states[-1]
-
-
-def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: float, inversion_steps: int,
-           method: str, seed: int, refine: int = 0) -> tuple[Trajectory, dict]:
-    """The reference trajectory for the first ceil(fraction * steps) sigmas of a `steps`-step `scheduler`
-    schedule: DDIM inversion (Euler on ascending sigmas, cfg 1, coarse grid of `inversion_steps` plus the
-    guided sigmas), or forward noising x0 + sigma * eps (no model evaluations)."""
-    latent_image = latent["samples"]
-    model_sampling = model.get_model_object("model_sampling")
-    full = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
-    targets = full[:max(guided_steps(steps, fraction), 1)].float().cpu()
-    kind = model_kind(model)
-    if method == "forward_noise":
-        x0 = model.model.process_latent_in(latent_image.float())
-        sigmas = torch.cat([torch.zeros(1), targets.flip(0)])
-        noise = comfy.sample.prepare_noise(x0, seed, latent.get("batch_index"))
-        latents = forward_noise(x0, sigmas, noise)
-        trajectory = Trajectory(sigmas, latents, kind, method)
-    else:
-        coarse = comfy.samplers.calculate_sigmas(model_sampling, scheduler, inversion_steps).float().cpu()
-        grid = inversion_grid(targets, coarse, float(model_sampling.sigma_min))
-        states: list[torch.Tensor] = []
-        sampler = comfy.samplers.KSAMPLER(_sample_inversion, extra_options={"lsregen_states": states,
-                                                                             "lsregen_refine": refine})
-        callback, disable_pbar = _callback_and_pbar(model, len(grid) - 1)
-        comfy.samplers.sample(model, torch.zeros_like(latent_image), positive, positive, 1.0, model.load_device,
-                              sampler, grid, model_options=model.model_options, latent_image=latent_image,
-                              callback=callback, disable_pbar=disable_pbar, seed=seed)
-        trajectory = Trajectory(grid, states[0], kind, method)
-    final = model.model.process_latent_out(trajectory.latents[-1].clone())
-    return trajectory, {"samples": final.to(comfy.model_management.intermediate_device())}
+    callback, disable_pbar = progress(model, steps)
+    samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                         noise_mask=latent.get("noise_mask"), callback=callback,
+                                         disable_pbar=disable_pbar, seed=seed)
+    return {**latent, "samples": samples}
