@@ -11,6 +11,7 @@ from ..layout.editor_state import (
     parse_layout_json,
 )
 from ..layout.from_masks import split_prompts
+from .checks import prefix_errors
 from .types import CATEGORY, Regions, layout_inputs
 
 EMPTY_STATE = '{"version": 1, "regions": []}'
@@ -53,13 +54,11 @@ class RegionLayoutNode(io.ComfyNode):
                 layout_json=None, backdrop=None) -> io.NodeOutput:
         name, text = ("layout_json", layout_json) if layout_json and layout_json.strip() else ("editor_state",
                                                                                               editor_state)
-        try:
+        with prefix_errors("Region Layout"):
             spec = parse_layout_json(text, input_name=name, default_size=(width, height))
             if name == "layout_json":
                 width, height = spec.width or width, spec.height or height
             layout = build_layout(spec, width, height, base_prompt, background_prompt)
-        except ValueError as err:
-            raise ValueError(f"Region Layout: {err}") from None
         outputs = layout_outputs(layout)
         if backdrop is not None:
             outputs.ui = {"rl_backdrop": save_backdrop(backdrop)}
@@ -109,10 +108,8 @@ class RegionsFromColorMap(io.ComfyNode):
 
     @classmethod
     def execute(cls, color_map, prompts, tolerance, width, height, base_prompt, background_prompt) -> io.NodeOutput:
-        try:
+        with prefix_errors("Regions From Color Map"):
             layout = layout_from_color_map(color_map, split_prompts(prompts), width=width, height=height,
                                            tolerance=tolerance, base_prompt=base_prompt,
                                            background_prompt=background_prompt)
-        except ValueError as err:
-            raise ValueError(f"Regions From Color Map: {err}") from None
         return layout_outputs(layout)
