@@ -22,6 +22,7 @@ from torch import Tensor
 from .families import FLUX1, ModelFamily
 from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
+from .text_positions import own_text_position_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
@@ -113,10 +114,11 @@ class RegionalFluxWrapper:
 
     # -----------------------------------------------------------------------------------------------------
     def __call__(self, executor, *call_args, **kwargs):
-        n = len(self.family.forward_args)
+        names = self.family.forward_names(getattr(executor, "class_obj", None))
+        n = len(names)
         args, transformer_options = call_args[:n], call_args[n] if len(call_args) > n else kwargs.pop(
             "transformer_options", {})
-        named = dict(zip(self.family.forward_args, args))
+        named = dict(zip(names, args))
         x, context = named["x"], named["context"]
         if not self.options.changes_anything or not step_is_controlled(transformer_options,
                                                                        self.options.control_steps):
@@ -154,7 +156,7 @@ class RegionalFluxWrapper:
         img_in = getattr(getattr(model, "img_in", None), "weight", None)
         per_token = family.patch_size ** 2
         channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
-        if x.ndim != 4 or x.shape[1] != channels:                                                # concat channels
+        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels:                          # concat channels
             raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
                              f"{family.latent_channels}-channel latent (use {family.latent_hint} or encode with "
                              f"the {family.name} VAE)")
@@ -164,18 +166,27 @@ class RegionalFluxWrapper:
                              f"({family.text_encoder_hint})")
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
-        named = dict(zip(self.family.forward_args, args))
+        model = getattr(executor, "class_obj", None)
+        named = dict(zip(self.family.forward_names(model), args))
         x, context = named["x"], named["context"]
+        if "attention_mask" in named:  # [B, T0]: it has no region text columns
+            named["attention_mask"] = _no_padding(named["attention_mask"])
         extra = _extra_tokens(named.get("ref_latents")) if self.family.reference_tokens else 0
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
-        blocks = self.family.blocks(getattr(executor, "class_obj", None))
+        blocks = self.family.blocks(model)
+        if self.family.text_positions == "sequential":
+            if blocks is None:
+                raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
+            rows = own_text_position_rows(plan.text_lens, plan.base_len, plan.length)
+            opts["patches_replace"] = with_own_text_positions(opts.get("patches_replace"), rows,
+                                                              self.family.block_kinds, blocks)
         override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
                                      [], blocks[0] if blocks else None)
         opts["optimized_attention_override"] = override
-        out = executor(*named.values(), opts, **kwargs)
+        out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
         if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
             raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
                              "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
@@ -208,7 +219,20 @@ class RegionalFluxWrapper:
 def _extra_tokens(ref_latents) -> int:
     if not ref_latents:
         return 0
-    return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
+    return sum((r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2)
+               for r in ref_latents)
+
+
+def _no_padding(mask):
+    """A text attention mask (Qwen-Image on newer hosts) that masks nothing is dropped; one that pads the prompt
+    cannot combine with regional prompting yet."""
+    if mask is None:
+        return None
+    keeps = (mask == 0) if torch.is_floating_point(mask) else (mask != 0)  # float: additive bias; else 1 = keep
+    if bool(keeps.all()):
+        return None
+    raise ValueError("Regional FLUX: the prompt carries a text padding mask (prompts of different lengths batched "
+                     "together); regional prompting cannot combine with it yet: encode one prompt per conditioning")
 
 
 def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:
