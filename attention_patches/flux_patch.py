@@ -156,9 +156,10 @@ class RegionalFluxWrapper:
         img_in = getattr(getattr(model, "img_in", None), "weight", None)
         per_token = family.patch_size ** 2
         channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
-        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels:                          # concat channels
+        frames = x.shape[2] if family.latent_dims == 3 and x.ndim == 5 else 1  # Qwen-Image: [B, C, 1, H, W]
+        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels or frames != 1:           # concat channels
             raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
-                             f"{family.latent_channels}-channel latent (use {family.latent_hint} or encode with "
+                             f"{family.latent_channels}-channel{' one-frame' if family.latent_dims == 3 else ''} latent (use {family.latent_hint} or encode with "
                              f"the {family.name} VAE)")
         if context.shape[-1] != self.cond.width:
             raise ValueError(f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
