@@ -214,3 +214,57 @@ def test_the_model_is_untouched(qwen):
     run(qwen, wrapper_for(regional_cond([3, 5], background=True)), **x)
     assert torch.equal(run(qwen, **x), plain)
     assert all(torch.equal(v, weights[k]) for k, v in qwen.state_dict().items())
+
+
+def test_a_text_mask_that_pads_nothing_is_dropped_and_padding_is_refused(qwen):
+    """Newer hosts hand Qwen-Image the prompt's padding mask; one that masks nothing changes nothing, one that pads
+    is refused with a clear error (it has no columns for the region texts)."""
+    from regional_layout.attention_patches.flux_patch import PATCH_KEY
+
+    x = inputs()
+    wrapper = wrapper_for(regional_cond([3, 5]))
+    opts = {"cond_or_uncond": [0], "wrappers": {"diffusion_model": {PATCH_KEY: [wrapper]}}}
+    with torch.no_grad():
+        kept = qwen(x["x"], x["timestep"], x["context"], torch.ones(1, BASE_LEN, dtype=torch.long),
+                    transformer_options=dict(opts))
+        assert torch.equal(kept, run(qwen, wrapper, **x))
+        padded = torch.ones(1, BASE_LEN, dtype=torch.long)
+        padded[:, -2:] = 0
+        with pytest.raises(ValueError, match="padding mask"):
+            qwen(x["x"], x["timestep"], x["context"], padded, transformer_options=dict(opts))
+
+
+def test_a_multi_frame_latent_is_refused(qwen):
+    x = inputs()
+    x["x"] = x["x"].expand(-1, -1, 2, -1, -1)
+    with pytest.raises(ValueError, match="one-frame latent"):
+        run(qwen, wrapper_for(regional_cond([3, 5])), **x)
+
+
+def test_the_patch_node_detects_qwen_image(qwen):
+    """The node finds the family from ComfyUI's model class, reads the blocks from `transformer_blocks`, refuses
+    single-stream block lists (Qwen-Image has none) and embeddings of another width, naming the input."""
+    import comfy.model_patcher
+    from regional_layout.attention_patches.flux_patch import PATCH_KEY
+    from regional_layout.nodes.regional_flux_patch import RegionalFluxPatch, model_family
+
+    holder = torch.nn.Module()
+    holder.diffusion_model = qwen
+    model = comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
+    assert model_family(model) == (QWEN_IMAGE, qwen)
+    cond = regional_cond([3, 5])
+    node_inputs = dict(model=model, regional_cond=cond, base_ratio=0.0, control_steps=2, double_blocks="1",
+                       single_blocks="all", feather=0.0)
+    patched = RegionalFluxPatch.execute(**node_inputs).result[0]
+    (wrapper,) = patched.wrappers["diffusion_model"][PATCH_KEY]
+    assert wrapper.family is QWEN_IMAGE
+    assert wrapper.options.double_blocks == {1} and not wrapper.options.single_blocks
+    assert not model.wrappers.get("diffusion_model")
+    x = inputs()
+    torch.testing.assert_close(run(qwen, wrapper, **x),
+                               run(qwen, wrapper_for(cond, double_blocks=frozenset({1})), **x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="single_blocks: Qwen-Image has no single-stream blocks"):
+        RegionalFluxPatch.execute(**{**node_inputs, "single_blocks": "0"})
+    narrow = type(cond)(cond.layout, tuple(e[..., :32] for e in cond.embeds), None)
+    with pytest.raises(ValueError, match="regional_cond is 32 wide, the model expects 64"):
+        RegionalFluxPatch.execute(**{**node_inputs, "regional_cond": narrow})
