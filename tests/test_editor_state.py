@@ -20,6 +20,8 @@ from regional_layout.layout.editor_state import (
     parse_layout_json,
 )
 
+pytestmark = pytest.mark.pure
+
 
 def layout_of(state: dict, width: int, height: int, **kwargs):
     return build_layout(parse_layout_json(json.dumps(state)), width, height, **kwargs)
