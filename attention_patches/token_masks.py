@@ -115,8 +115,8 @@ def region_token_masks(masks: torch.Tensor, latent_h: int, latent_w: int, *, fea
     if background:
         free = ~hard.any(0)
         if free.any():
-            rest = (1 - weights.max(0).values).clamp(0, 1) if weights.shape[0] else torch.ones_like(free, dtype=torch.float32)
-            bg_weight = rest if any(soft_rows) else free.float()
+            # what the regions leave: exactly `free` when every region is hard-edged
+            rest = (1 - weights.max(0).values).clamp(0, 1) if weights.shape[0] else free.float()
             hard = torch.cat([hard, free[None]])
-            weights = torch.cat([weights, bg_weight[None]])
+            weights = torch.cat([weights, rest[None]])
     return TokenMasks(token_grid(latent_h, latent_w, patch_size), hard, weights.float(), any(soft_rows))

@@ -55,7 +55,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     """Without the host, test files that hold no pure test are not even imported (most import ComfyUI)."""
     if HAS_HOST or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
-    return PURE_MARK not in collection_path.read_text(encoding="utf-8")
+    return True if PURE_MARK not in collection_path.read_text(encoding="utf-8") else None  # None: pytest decides
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
