@@ -77,8 +77,10 @@ def parse_blocks(text: str, count: int, name: str = "blocks") -> frozenset[int]:
 
 
 def step_is_controlled(transformer_options: dict, control_steps: int) -> bool:
-    """True while the current sigma lies in the first `control_steps` steps of the sampler's schedule (sub-step
-    evaluations of multi-stage samplers count with their step). Without a schedule, every call is regional."""
+    """True while the current sigma is above the schedule's sigma at step `control_steps`. Sub-steps strictly
+    between two schedule sigmas count with their step; one that lands exactly on the next schedule sigma (Heun's
+    corrector, the ancestral 2S midpoint at eta 1) counts with the next step, so in the last control step it runs
+    plain (README: control_steps). Without a schedule, every call is regional."""
     if control_steps <= 0:
         return False
     schedule, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")

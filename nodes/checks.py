@@ -36,7 +36,8 @@ def sampler_and_scheduler(node: str, sampler_name: str, scheduler: str) -> None:
 def prefix_errors(label: str, *kinds: type[Exception]) -> Iterator[None]:
     """Re-raise a ValueError (or only the given kinds) from the block as a ValueError that starts with `label`
     (a node's name, or an input's): `label: message`, without the traceback of the inner error."""
+    caught = kinds or (ValueError,)
     try:
         yield
-    except kinds or ValueError as err:
+    except caught as err:
         raise ValueError(f"{label}: {err}") from None

@@ -3,14 +3,12 @@
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from ..layout.editor_state import (
-    build_layout,
-    feathered_masks,
-    layout_from_color_map,
-    layout_preview,
-    parse_layout_json,
-)
+from ..layout.color_map import layout_from_color_map
+from ..layout.feather import feathered_masks
 from ..layout.from_masks import split_prompts
+from ..layout.layout_json import parse_layout_json
+from ..layout.overlay import layout_preview
+from ..layout.rasterize import build_layout
 from .checks import prefix_errors
 from .types import CATEGORY, Regions, layout_inputs
 
@@ -32,7 +30,7 @@ class RegionLayoutNode(io.ComfyNode):
                                background_tip="Prompt for the area no region covers (a region of its own)."),
                 io.String.Input("editor_state", default=EMPTY_STATE, socketless=True,
                                 tooltip="The editor's drawing as versioned JSON (written by the canvas; scripts "
-                                        "may set it through the API). Schema: layout/editor_state.py."),
+                                        "may set it through the API). Schema: layout/layout_json.py."),
                 io.String.Input("layout_json", optional=True, force_input=True,
                                 tooltip="Optional layout JSON (e.g. from an LLM planner) that replaces the editor's "
                                         "drawing: {width, height, base_prompt, background_prompt, regions: [{prompt, "

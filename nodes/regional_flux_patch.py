@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, QWEN_IMAGE, ModelFamily
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
-from .checks import finite
+from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
 
 
@@ -99,10 +99,8 @@ class RegionalFluxPatch(io.ComfyNode):
             raise ValueError(f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "
                              f"{width}: encode the regions with the {family.name} text encoder "
                              f"({family.text_encoder_hint})")
-        try:
+        with prefix_errors("Regional FLUX Patch"):
             double, single = block_sets(family, diffusion_model, double_blocks, single_blocks)
             options = RegionalFluxOptions(beta=float(base_ratio), control_steps=int(control_steps),
                                           double_blocks=double, single_blocks=single, feather=float(feather))
-        except ValueError as err:
-            raise ValueError(f"Regional FLUX Patch: {err}") from None
         return io.NodeOutput(apply_regional_flux(model, regional_cond, options, family))

@@ -29,25 +29,28 @@ sys.path.insert(0, str(SCRIPTS))
 from rl_devkit import host  # noqa: E402  (standard library only)
 
 
-def bootstrap(argv: list[str]) -> None:
-    """Make sure a Python with torch, ComfyUI and the test tools exists, then re-run this script in it."""
+def bootstrap(argv: list[str], needs_host: bool = True) -> None:
+    """Make sure a Python with torch, ComfyUI (unless `needs_host` is false) and the test tools exists, then
+    re-run this script in it."""
     comfyui = os.environ.get("COMFYUI_PATH")
+    env = dict(os.environ, **{BOOTSTRAPPED: "1"})
     if comfyui:
         python = Path(sys.executable)
         _ensure_dev_tools(python)
         comfyui_path = Path(comfyui).resolve()
         if not (comfyui_path / "main.py").exists():
             sys.exit(f"COMFYUI_PATH={comfyui} has no main.py: point it at a ComfyUI checkout")
+        env["COMFYUI_PATH"] = str(comfyui_path)
     else:
         python = host.ensure_venv(VENV, DEV_REQUIREMENTS)
-        comfyui_path = host.ensure_host(LOCAL_HOST, python, CACHE)
-        host.link_pack(comfyui_path, REPO)
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path), **{BOOTSTRAPPED: "1"})
+        if needs_host:
+            env["COMFYUI_PATH"] = str(host.ensure_host(LOCAL_HOST, python, CACHE))
+            host.link_pack(Path(env["COMFYUI_PATH"]), REPO)
     os.execve(str(python), [str(python), str(Path(__file__).resolve()), *argv], env)
 
 
 def _ensure_dev_tools(python: Path) -> None:
-    probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium"], capture_output=True)
+    probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium, ruff"], capture_output=True)
     if probe.returncode != 0:
         host.log(f"installing test tools into {python}")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(DEV_REQUIREMENTS)], check=True)
@@ -114,6 +117,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return max(subprocess.run([sys.executable, str(s), *args.bench_args], cwd=REPO, env=env).returncode for s in scripts)
 
 
+def cmd_pictures(args: argparse.Namespace) -> int:
+    ensure_chromium()
+    return subprocess.run([sys.executable, "-m", "rl_devkit.pictures"], cwd=REPO, env=devkit_env()).returncode
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """ruff's lint rules and its format check (rules and format: pyproject.toml); both run, either fails."""
+    ruff = [sys.executable, "-m", "ruff"]
+    results = [subprocess.run([*ruff, *check], cwd=REPO).returncode for check in (["check", "."],
+                                                                                 ["format", "--check", "."])]
+    return max(results)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     ensure_tiny_models()
     return 0
@@ -137,6 +153,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("name", nargs="?")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+    pictures = sub.add_parser("pictures", help="redraw the README's editor picture (docs/images) in headless Chromium")
+    pictures.set_defaults(func=cmd_pictures)
+    lint = sub.add_parser("lint", help="ruff check and ruff format --check (CI runs it before the tests)")
+    lint.set_defaults(func=cmd_lint)
     setup = sub.add_parser("setup", help="only install the environment, host and tiny models")
     setup.set_defaults(func=cmd_setup)
     args, extra = parser.parse_known_args(argv)
@@ -154,7 +174,7 @@ def main() -> None:
     argv = sys.argv[1:]
     args = parse_args(argv)  # fail fast on a typo, before any install
     if os.environ.get(BOOTSTRAPPED) != "1":
-        bootstrap(argv)
+        bootstrap(argv, needs_host=args.command != "lint")
     sys.exit(args.func(args))
 
 

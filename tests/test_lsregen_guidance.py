@@ -9,6 +9,8 @@ from regional_layout.guidance.inversion import inversion_grid, invert_euler
 from regional_layout.guidance.trajectory import Trajectory, forward_noise, guided_steps, interpolate
 from regional_layout.layout.boxes import box_mask, boxes_from_layout, check_boxes, gligen_position, parse_boxes
 
+pytestmark = pytest.mark.pure
+
 
 def latents(seed: int, shape=(1, 4, 16, 24)) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -1,9 +1,9 @@
 """Tiny, seeded, random-weight models of the real architectures, laid out like ComfyUI's `models/` folder.
 
 Every file has its real-world name and the key layout of the real file, and ComfyUI's own loader nodes
-detect the right model family from it, so a workflow written for real weights runs unchanged on these
-(notes/host_and_tiny_models.md says which sizes the loaders accept: FLUX must be 3072 wide, the text
-encoders and VAEs full size; only block counts can shrink).
+detect the right model family from it, so a workflow written for real weights runs unchanged on these.
+ComfyUI's loaders accept only real widths (FLUX must be 3072 wide, the text encoders and VAEs full size): only
+block counts can shrink.
 
 Shapes and key names come from ComfyUI's own classes, built on the meta device and converted with its own
 `state_dict_for_saving` helpers; each builder then checks that ComfyUI's detection recognises the result.

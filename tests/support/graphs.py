@@ -23,7 +23,7 @@ def graph() -> GraphBuilder:
 
 def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET):
     """(model, clip, vae) outputs. The fast text encoder is CLIP-L through the SD3 loader, whose cond and
-    pooled widths match FLUX (notes/host_and_tiny_models.md); `real_t5` uses DualCLIPLoader(type=flux)."""
+    pooled widths match FLUX; `real_t5` uses DualCLIPLoader(type=flux)."""
     model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
     if real_t5:
         clip = g.node("DualCLIPLoader", clip_name1=CLIP_L, clip_name2=T5XXL, type="flux", device="default")
