@@ -103,10 +103,11 @@ def test_the_family_reads_this_hosts_forward(qwen):
 
 
 @pytest.mark.parametrize("changed", [0, 1])
-def test_region_isolation(qwen, changed):
+@pytest.mark.parametrize("refs", [False, True], ids=["image", "edit-refs"])
+def test_region_isolation(qwen, changed, refs):
     """beta = 0, every block, every step: changing one region's prompt leaves the other region's output latent
-    bit-identical and changes its own."""
-    x = inputs()
+    bit-identical and changes its own (also with Qwen-Image-Edit's reference latent)."""
+    x = inputs(refs=refs)
     lengths = [4, 6]
     first, second = regional_cond(lengths, seed=1), regional_cond(lengths, seed=1)
     other = regional_cond(lengths, seed=2)
@@ -156,12 +157,15 @@ def test_bit_identical_when_the_method_is_off(qwen, options):
     assert not torch.equal(run(qwen, wrapper_for(cond), **x), plain)
 
 
-def test_batch_with_a_negative_prompt(qwen):
+@pytest.mark.parametrize("refs", [False, True], ids=["image", "edit-refs"])
+def test_batch_with_a_negative_prompt(qwen, refs):
     """Batch 2 with CFG: the negative row is the plain model's, bit for bit; the positive row is the regional
-    result of that row alone."""
+    result of that row alone (Edit's reference latents split with the rows)."""
     wrapper = wrapper_for(regional_cond([3, 5], background=True), beta=0.2)
-    a, b = inputs(seed=1), inputs(seed=2)
-    both = {k: torch.cat([a[k], b[k]]) for k in a}
+    a, b = inputs(seed=1, refs=refs), inputs(seed=2, refs=refs)
+    both = {k: torch.cat([a[k], b[k]]) for k in a if k != "ref_latents"}
+    if refs:
+        both["ref_latents"] = [torch.cat([a["ref_latents"][0], b["ref_latents"][0]])]
     mixed = run(qwen, wrapper, cond_or_uncond=(0, 1), **both)
     assert mixed.shape == (2, 16, 1, HEIGHT // 8, WIDTH // 8)
     assert torch.equal(mixed[1:], run(qwen, cond_or_uncond=(1,), **b))
