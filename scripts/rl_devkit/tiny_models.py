@@ -200,10 +200,12 @@ def small_chroma(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, dep
 
 
 def small_qwen_image(hidden_size: int = 64, num_heads: int = 2, depth: int = 2, seed: int = 0, *,
-                     joint_attention_dim: int = 64, axes_dims_rope: tuple[int, int, int] = (8, 12, 12)):
+                     joint_attention_dim: int = 64, axes_dims_rope: tuple[int, int, int] = (8, 12, 12),
+                     dtype: torch.dtype | None = None):
     """A small Qwen-Image (double-stream blocks only; text positions arange(txt_start, ...) in its RoPE) from
     ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels with a time axis of 1
-    ([B, 16, 1, H, W]) in 2x2 patches; `axes_dims_rope` must sum to hidden_size / num_heads."""
+    ([B, 16, 1, H, W]) in 2x2 patches; `axes_dims_rope` must sum to hidden_size / num_heads (Qwen-Image: 3072,
+    24 heads, joint_attention_dim 3584, axes (16, 56, 56)); `dtype` defaults to float32."""
     import torch
     import comfy.ops
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
@@ -211,7 +213,7 @@ def small_qwen_image(hidden_size: int = 64, num_heads: int = 2, depth: int = 2, 
     model = QwenImageTransformer2DModel(
         patch_size=2, in_channels=64, out_channels=16, num_layers=depth, attention_head_dim=hidden_size // num_heads,
         num_attention_heads=num_heads, joint_attention_dim=joint_attention_dim, axes_dims_rope=tuple(axes_dims_rope),
-        image_model="qwen_image", dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+        image_model="qwen_image", dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     with torch.no_grad():
         for key, param in model.named_parameters():
             param.copy_(init_value(key, tuple(param.shape), seed))
