@@ -8,8 +8,11 @@ between two plain steps of the same family (ratios to their mean), as in bench_r
     python3 scripts/dev.py bench regional_families
     python3 scripts/dev.py bench regional_families --device cuda --full-depth
 
-Ends with: regional_families: flux1_r4=… chroma_r4=… (time ratios to plain at the first size), then
-regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… (extra peak memory at R = 16).
+Qwen-Image (double-stream blocks only) gets double + single double-stream blocks and its unpadded 64-token base
+prompt (FLUX.1 and Chroma: T5 padded to 256).
+
+Ends with: regional_families: flux1_r4=… chroma_r4=… qwen_image_r4=… (time ratios to plain at the first size),
+then regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… qwen_image_r16_gb=… (extra peak memory at R = 16).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class FamilyBench:
     inputs: Callable       # (latent, prompt, device) -> positional inputs of the model's forward
     full_depth: tuple[int, int]  # (double, single) blocks of the released model
     text_width: int = 4096
+    base_tokens: int = BASE_TOKENS  # the base prompt as the family's tokenizer hands it over (padded or not)
 
 
 def _random_fill(model, device: str):
@@ -60,6 +64,25 @@ def build_chroma(double: int, single: int, device: str):
     return _random_fill(model, device)
 
 
+def build_qwen_image(double: int, single: int, device: str):
+    """Qwen-Image has only double-stream blocks: a (double, single) pair becomes double + single of them."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=double + single,
+                                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
+                                        axes_dims_rope=(16, 56, 56), image_model="qwen_image", dtype=torch.bfloat16,
+                                        device=device, operations=comfy.ops.manual_cast)
+    return _random_fill(model, device)
+
+
+def qwen_image_inputs(latent, prompt, device):
+    import torch
+
+    return (latent.unsqueeze(2), torch.tensor([1.0], device=device), prompt)  # [B, C, 1, H, W]
+
+
 def flux_inputs(latent, prompt, device):
     import torch
 
@@ -74,10 +97,13 @@ def chroma_inputs(latent, prompt, device):
 
 
 def families() -> dict:
-    from regional_layout.attention_patches.families import CHROMA, FLUX1
+    from regional_layout.attention_patches.families import CHROMA, FLUX1, QWEN_IMAGE
 
     return {FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
-            CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38))}
+            CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38)),
+            # Qwen2.5-VL hidden states, 3584 wide; its tokenizer does not pad (a ~40-word prompt)
+            QWEN_IMAGE: FamilyBench("qwen_image", build_qwen_image, qwen_image_inputs, (60, 0), text_width=3584,
+                                    base_tokens=64)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         depth = bench.full_depth if args.full_depth else (args.double, args.single)
         model = bench.build(*depth, args.device)
-        blocks = family.blocks(model)
+        blocks = (*family.blocks(model), 0, 0)[:2]  # (double, single); Qwen-Image has no single blocks
         for size in [int(s) for s in args.sizes.split(",")]:
             gen = torch.Generator().manual_seed(size)
             latent = torch.randn(1, family.latent_channels, size // 8, size // 8, generator=gen).bfloat16().to(device)
-            prompt = torch.randn(1, BASE_TOKENS, bench.text_width, generator=gen).bfloat16().to(device)
+            prompt = torch.randn(1, bench.base_tokens, bench.text_width, generator=gen).bfloat16().to(device)
             inputs = bench.inputs(latent, prompt, device)
             configs = {"plain": None, **{f"R={r}": make_wrapper(r, size, False, 0.2, blocks, family=family,
                                                                 width=bench.text_width) for r in (4, 16)}}
