@@ -1,4 +1,5 @@
-"""Patch a FLUX.1, Chroma or Qwen-Image model for regional prompting (region-aware attention in the chosen blocks and steps)."""
+"""Patch a FLUX.1, Chroma or Qwen-Image model for regional prompting (region-aware attention in the chosen blocks
+and steps)."""
 
 from comfy_api.latest import io
 
