@@ -1,4 +1,5 @@
-"""Regional prompting applied to a FLUX.1 model through ComfyUI's own patch points.
+"""Regional prompting applied to a FLUX-like model (FLUX.1, Chroma: see families.py) through ComfyUI's own patch
+points.
 
 A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
 positive rows with the region texts put before the base prompt (FLUX's text positions are all 0, so the order
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .regional_attention import SequencePlan, regional_attention, unmasked_block_attention
+from .families import FLUX1, ModelFamily
+from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
 from .token_masks import region_token_masks
 
@@ -30,7 +32,6 @@ NO_OVERRIDE_CALLS = (
     "attention patch node (e.g. Sage/Flash attention) placed after Regional FLUX Patch replaces its attention "
     "override instead of chaining it: connect that node before Regional FLUX Patch "
     "(loader -> attention patch -> Regional FLUX Patch -> sampler)")
-FLUX_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,10 @@ def parse_blocks(text: str, count: int, name: str = "blocks") -> frozenset[int]:
 
 
 def step_is_controlled(transformer_options: dict, control_steps: int) -> bool:
-    """True while the current sigma lies in the first `control_steps` steps of the sampler's schedule (sub-step
-    evaluations of multi-stage samplers count with their step). Without a schedule, every call is regional."""
+    """True while the current sigma is above the schedule's sigma at step `control_steps`. Sub-steps strictly
+    between two schedule sigmas count with their step; one that lands exactly on the next schedule sigma (Heun's
+    corrector, the ancestral 2S midpoint at eta 1) counts with the next step, so in the last control step it runs
+    plain (README: control_steps). Without a schedule, every call is regional."""
     if control_steps <= 0:
         return False
     schedule, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
@@ -114,20 +117,25 @@ def _take(value, rows: Tensor, batch: int):
 
 
 class RegionalFluxWrapper:
-    """The DIFFUSION_MODEL wrapper. Holds only its inputs and caches derived from them (token plans)."""
+    """The DIFFUSION_MODEL wrapper of a FLUX-like model (`family`). Holds only its inputs and caches derived from
+    them (token plans)."""
 
-    def __init__(self, cond: RegionalConditioning, options: RegionalFluxOptions):
+    def __init__(self, cond: RegionalConditioning, options: RegionalFluxOptions, family: ModelFamily = FLUX1):
         self.cond = cond
         self.options = options
+        self.family = family
         self._plans: dict[tuple, SequencePlan] = {}
 
     def to(self, *args, **kwargs) -> "RegionalFluxWrapper":
         return self  # tensors are moved per call (they are small)
 
     # -----------------------------------------------------------------------------------------------------
-    def __call__(self, executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options,
-                 **kwargs):
-        args = (x, timestep, context, y, guidance, ref_latents, control)
+    def __call__(self, executor, *call_args, **kwargs):
+        n = len(self.family.forward_args)
+        args, transformer_options = call_args[:n], call_args[n] if len(call_args) > n else kwargs.pop(
+            "transformer_options", {})
+        named = dict(zip(self.family.forward_args, args))
+        x, context = named["x"], named["context"]
         if not self.options.changes_anything or not step_is_controlled(transformer_options,
                                                                        self.options.control_steps):
             return executor(*args, transformer_options, **kwargs)
@@ -159,30 +167,44 @@ class RegionalFluxWrapper:
             out[rows.to(part.device)] = part
         return out
 
-    def _check(self, x: Tensor, context: Tensor, flux=None) -> None:
-        img_in = getattr(getattr(flux, "img_in", None), "weight", None)
-        channels = img_in.shape[1] // 4 if img_in is not None else FLUX_CHANNELS  # Fill/Canny add concat channels
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; FLUX.1 needs a 16-channel latent "
-                             "(use EmptySD3LatentImage or encode with the FLUX VAE)")
+    def _check(self, x: Tensor, context: Tensor, model=None) -> None:
+        family = self.family
+        img_in = getattr(getattr(model, "img_in", None), "weight", None)
+        per_token = family.patch_size ** 2
+        channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
+        if x.ndim != 4 or x.shape[1] != channels:                                                # concat channels
+            raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
+                             f"{family.latent_channels}-channel latent (use {family.latent_hint} or encode with "
+                             f"the {family.name} VAE)")
         if context.shape[-1] != self.cond.width:
             raise ValueError(f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
-                             f"{context.shape[-1]}: encode both with the same FLUX text encoder")
+                             f"{context.shape[-1]}: encode both with the same {family.name} text encoder "
+                             f"({family.text_encoder_hint})")
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
-        x, timestep, context, y, guidance, ref_latents, control = args
-        plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], _extra_tokens(ref_latents))
+        named = dict(zip(self.family.forward_args, args))
+        x, context = named["x"], named["context"]
+        extra = _extra_tokens(named.get("ref_latents")) if self.family.reference_tokens else 0
+        plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
-        context = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
+        named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
-        calls = []
-        opts["optimized_attention_override"] = regional_override(
-            plan, self.options, transformer_options.get("optimized_attention_override"), calls)
-        out = executor(x, timestep, context, y, guidance, ref_latents, control, opts, **kwargs)
+        blocks = self.family.blocks(getattr(executor, "class_obj", None))
+        override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
+                                     [], blocks[0] if blocks else None)
+        opts["optimized_attention_override"] = override
+        out = executor(*named.values(), opts, **kwargs)
         # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
         # step only: later a step cache below us (EasyCache placed after the patcher) may skip FLUX altogether.
-        if not calls and _is_first_step(transformer_options):
-            raise ValueError(NO_OVERRIDE_CALLS)
+        if not override.calls:
+            if _is_first_step(transformer_options):
+                raise ValueError(NO_OVERRIDE_CALLS)
+            return out
+        if override.counted and (blocks is None or len(override.calls) != sum(blocks)):
+            raise ValueError(f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
+                             f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "
+                             "blocks cannot be told apart (another patch skips or repeats blocks); update ComfyUI "
+                             "to 0.3.76 or newer")
         return out
 
     def plan(self, latent_h: int, latent_w: int, base_len: int, n_extra: int = 0) -> SequencePlan:
@@ -210,9 +232,28 @@ def _extra_tokens(ref_latents) -> int:
     return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
 
 
-def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None):
-    """An `optimized_attention_override` for one call: regional attention in the selected blocks, plain attention
-    over the base tokens elsewhere (through `previous`, or the back end ComfyUI chose). Appends to `calls`."""
+def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:
+    """(block kind, block index, counted) of a joint attention call. ComfyUI 0.3.76+ puts the block in
+    transformer_options; older hosts do not, and then FLUX's order (every double block, then every single block,
+    one joint attention each) gives it from the number of calls so far in this model call."""
+    kind, index = opts.get("block_type"), opts.get("block_index")
+    if kind in ("double", "single") and isinstance(index, int):
+        return kind, index, False
+    if n_double is None:
+        raise ValueError("Regional FLUX: this ComfyUI does not tell the attention which block runs; update ComfyUI "
+                         "to 0.3.76 or newer")
+    if calls_so_far < n_double:
+        return "double", calls_so_far, True
+    return "single", calls_so_far - n_double, True
+
+
+def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None,
+                      n_double: int | None = None):
+    """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
+    unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
+    ComfyUI chose. `override.calls` lists (block_type, block_index) of every joint attention call;
+    `override.counted` says the blocks were counted (the host gave no block info)."""
+    calls = [] if calls is None else calls
 
     def plain_call(func, q, k, v, heads, **kwargs):
         if previous is not None:
@@ -229,25 +270,26 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
         if mask is not None:
             raise ValueError("Regional FLUX: the conditioning carries an attention mask; regional prompting "
                              "cannot combine with it (remove the masked conditioning)")
-        kind, index = opts.get("block_type"), opts.get("block_index")
-        if calls is not None:
-            calls.append((kind, index))
+        kind, index, counted = block_of_call(opts, len(calls), n_double)
+        override.counted = override.counted or counted
+        calls.append((kind, index))
         selected = options.double_blocks if kind == "double" else options.single_blocks
         if index in selected:
             return regional_attention(q, k, v, plan, options.beta)
-        return unmasked_block_attention(
-            q, k, v, plan, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
+        return unselected_block_attention(
+            q, k, v, plan, options.beta, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
 
-    override.calls = calls  # (block_type, block_index) of every call, for checks and tests
+    override.calls = calls
+    override.counted = False
     return override
 
 
-def apply_regional_flux(model, cond: RegionalConditioning, options: RegionalFluxOptions):
-    """A clone of the ModelPatcher `model` with the regional wrapper; `model` itself is not changed."""
+def apply_regional_flux(model, cond: RegionalConditioning, options: RegionalFluxOptions, family: ModelFamily = FLUX1):
+    """A clone of the ModelPatcher `model` (a `family` model) with the regional wrapper; `model` is not changed."""
     patched = model.clone()
     patched.remove_wrappers_with_key("diffusion_model", PATCH_KEY)  # a second patcher node replaces the first
     if options.changes_anything:
-        patched.add_wrapper_with_key("diffusion_model", PATCH_KEY, RegionalFluxWrapper(cond, options))
+        patched.add_wrapper_with_key("diffusion_model", PATCH_KEY, RegionalFluxWrapper(cond, options, family))
     else:
         logging.info("Regional FLUX: base_ratio 1, no control steps or no blocks selected: the model is unchanged")
     return patched

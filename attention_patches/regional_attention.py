@@ -14,6 +14,8 @@ its image), so regional attention is one small unmasked attention per region, an
 model's attention on a view of the sequence: plain cost + Σ (tokens of region i)², no mask, no padding. With
 beta = 0 the image rows need no base attention, so only the base text (and extra) rows get it.
 Dense path (overlaps, soft masks): the paper's mask as an additive log-weight bias, exact, at dense cost.
+Blocks outside the chosen set (during a control step) follow the official code: the same two attentions and the
+same beta blend, with the regional one unmasked (`unselected_block_attention`).
 Plain torch: nothing here imports ComfyUI.
 """
 
@@ -219,18 +221,24 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> 
     return out
 
 
-def unmasked_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, plain) -> Tensor:
-    """An unselected block in a regional step: base text and image rows get plain attention over the base tokens
-    through `plain(q, k, v) -> [B, L, H·D]` (the model's own back end), so the image sees no region text; region
-    text rows get their regional attention. → [B, L, H·D]."""
-    bs, end = plan.base_start, plan.img_end
-    if bs == 0:
-        return plain(q, k, v)
-    base = plain(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
+def unselected_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float, plain) -> Tensor:
+    """A block outside the chosen set, during a control step. The official code (transformer_flux.py) drops only
+    the mask there: region texts and image rows attend, unmasked, over [region texts | image], and the image rows
+    are still blended (1 - beta) * regional + beta * base. Base text and extra rows take the base attention, which
+    runs through `plain(q, k, v) -> [B, Lq, H·D]` (the model's own back end). → [B, L, H·D]."""
+    bs, img, end = plan.base_start, plan.img_start, plan.img_end
     B, H, L, D = q.shape
+    ridx = plan.regional_index(q.device)
+    regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)))
+    regional = regional.transpose(1, 2).flatten(2)  # [B, region texts + image, H·D]
     out = q.new_empty(B, L, H * D)
-    out[:, bs:] = base
-    text = F.scaled_dot_product_attention(q[:, :, :bs], k[:, :, :end], v[:, :, :end],
-                                          attn_mask=plan.text_bias(q.device, q.dtype))
-    out[:, :bs] = text.transpose(1, 2).flatten(2)
+    out[:, :bs] = regional[:, :bs]
+    kb, vb = k[:, :, bs:], v[:, :, bs:]
+    if beta == 0:  # the image rows take no base attention: only base text and extra rows do
+        rows = torch.cat([torch.arange(bs, img), torch.arange(end, L)]).to(q.device)
+        out[:, rows] = plain(q.index_select(2, rows), kb, vb)
+        out[:, img:end] = regional[:, bs:]
+        return out
+    out[:, bs:] = plain(q[:, :, bs:], kb, vb)
+    out[:, img:end] = torch.lerp(regional[:, bs:], out[:, img:end], beta)
     return out

@@ -44,7 +44,8 @@ class RegionalConditioning:
 # ---------------------------------------------------------------------------------------------------------
 # Encoding (through the CLIP object's own tokenize / encode_from_tokens; no ComfyUI import)
 
-# T5 tokenizer options that turn off ComfyUI's padding to 256 tokens (as its T5TokenizerOptions node does).
+# T5 tokenizer options that turn off ComfyUI's padding (as its T5TokenizerOptions node does): only to count a
+# text's real tokens. The embedding itself is computed with the model's own padding.
 NO_T5_PADDING = {f"{name}_{option}": 0 for name in ("t5xxl",) for option in ("min_length", "min_padding")}
 CLIP_CHUNK = 77
 CLIP_END_TOKEN = 49407
@@ -55,54 +56,68 @@ def _token_id(pair) -> int | None:
     return int(token) if isinstance(token, int) else None
 
 
-def real_token_positions(tokens: dict, length: int) -> torch.Tensor | None:
-    """Which of an encoder output's `length` positions hold real tokens, or None when all do.
+def _t5_length(tokens: dict) -> int:
+    return sum(len(chunk) for chunk in tokens.get("t5xxl", []))
 
-    T5 arrives unpadded (NO_T5_PADDING); CLIP-L/G pad every 77-token chunk with end tokens, and as CLIP is causal
-    the real positions before the padding do not depend on it, so they can be cut out exactly.
+
+def real_token_positions(tokens: dict, n_t5_real: int, length: int, t5_encoded: bool) -> torch.Tensor | None:
+    """Which of an encoder output's `length` positions hold a text's real tokens, or None when that cannot be told
+    (then all are kept). `tokens` are the text's tokens as ComfyUI pads them for the model; `n_t5_real` is its
+    T5 token count without padding. T5's padding comes after its real tokens; CLIP-L/G pad every 77-token chunk
+    with end tokens, and as CLIP is causal, the real positions before the padding do not depend on it.
     """
-    n_t5 = sum(len(chunk) for chunk in tokens.get("t5xxl", []))
+    n_t5 = _t5_length(tokens)
     clip_chunks = tokens.get("l") or tokens.get("g") or []
     n_clip = CLIP_CHUNK * len(clip_chunks)
-    if length == n_t5 or not clip_chunks or length not in (n_clip, n_clip + n_t5):
+    t5_keep = torch.arange(n_t5_real)
+    if t5_encoded and length == n_t5 and not (clip_chunks and length == n_clip + n_t5):
+        return t5_keep
+    if not clip_chunks or length not in (n_clip, n_clip + n_t5):
         return None
     last = [_token_id(p) for p in clip_chunks[-1]]
     end = last.index(CLIP_END_TOKEN, 1) + 1 if CLIP_END_TOKEN in last[1:] else len(last)
     keep = torch.arange(n_clip - CLIP_CHUNK + end)
-    if length > n_clip:
-        keep = torch.cat([keep, torch.arange(n_clip, length)])
-    return keep
+    return torch.cat([keep, n_clip + t5_keep]) if length > n_clip else keep
 
 
-def _encode_tokens(clip, tokens: dict) -> torch.Tensor:
-    """One tokenized text encoded, keeping only its real tokens: [1, T, C]."""
-    cond = clip.encode_from_tokens(tokens)
-    keep = real_token_positions(tokens, cond.shape[1])
-    return cond if keep is None else cond[:, keep.to(cond.device)]
-
-
-T5_PAD = 0
+def _encodes_t5(clip) -> bool:
+    return getattr(getattr(clip, "cond_stage_model", None), "t5xxl", None) is not None
 
 
 def encode_texts(clip, texts: list[str]) -> list[torch.Tensor]:
-    """Each text's real-token embedding ([1, T_i, C]).
+    """Each text's embedding as ComfyUI encodes that prompt alone for the model (FLUX's T5 pads to 256 tokens and
+    attends over the padding), cut to its real tokens ([1, T_i, C]): a region's embedding never depends on the
+    other regions (the official code pads each region on its own, too).
 
-    When the conditioning is T5 alone (FLUX.1), the texts go through T5 in ONE batch, each padded to the longest:
-    on a CPU most of an encode's time is ComfyUI casting the 4.7 G T5 weights, which a batch pays once. The padding
-    is what the official code has too (it pads every regional prompt to 512 and uses no attention mask).
+    T5-only conditioning (FLUX.1): texts whose padded token lists are equally long (every prompt under 256 tokens)
+    go through T5 as rows of ONE batch; rows never see each other, so each equals its own encode, and on a CPU most
+    of an encode's time is ComfyUI casting the 4.7 G T5 weights, which a batch pays once.
     """
-    tokenized = [clip.tokenize(text, tokenizer_options=NO_T5_PADDING) for text in texts]
-    sections = [tokens.get("t5xxl") for tokens in tokenized]
-    if len(texts) > 1 and all(s is not None and len(s) == 1 and s[0] for s in sections):
-        lengths = [len(s[0]) for s in sections]
-        longest = max(lengths)
-        pad = (T5_PAD, 1.0)
-        batch = dict(tokenized[0])
-        batch["t5xxl"] = [list(s[0]) + [pad] * (longest - len(s[0])) for s in sections]
+    tokenized = [clip.tokenize(text) for text in texts]
+    n_t5_real = [_t5_length(clip.tokenize(text, tokenizer_options=NO_T5_PADDING)) for text in texts]
+    t5_encoded = _encodes_t5(clip)
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    groups: dict[int, list[int]] = {}
+    for i, tokens in enumerate(tokenized):
+        sections = tokens.get("t5xxl")
+        if t5_encoded and sections is not None and len(sections) == 1:
+            groups.setdefault(len(sections[0]), []).append(i)
+    for length, members in groups.items():
+        if len(members) < 2:
+            continue
+        batch = dict(tokenized[members[0]])
+        batch["t5xxl"] = [tokenized[i]["t5xxl"][0] for i in members]
         cond = clip.encode_from_tokens(batch)
-        if cond.shape[1] == longest * len(texts):  # T5 only: one block of `longest` tokens per text
-            return [cond[:, i * longest:i * longest + n] for i, n in enumerate(lengths)]
-    return [_encode_tokens(clip, tokens) for tokens in tokenized]
+        if cond.shape[1] != length * len(members):  # not T5 alone: encode these one by one below
+            continue
+        for row, i in enumerate(members):
+            out[i] = cond[:, row * length:row * length + n_t5_real[i]]
+    for i, tokens in enumerate(tokenized):
+        if out[i] is None:
+            cond = clip.encode_from_tokens(tokens)
+            keep = real_token_positions(tokens, n_t5_real[i], cond.shape[1], t5_encoded)
+            out[i] = cond if keep is None else cond[:, keep.to(cond.device)]
+    return out
 
 
 def encode_regions(clip, layout: RegionLayout) -> RegionalConditioning:

@@ -4,6 +4,7 @@ with its real tokens only."""
 from comfy_api.latest import io
 
 from ..attention_patches.regional_cond import encode_regions
+from .checks import prefix_errors
 from .types import CATEGORY, RegionalCond, Regions
 
 
@@ -15,8 +16,10 @@ class RegionalPromptEncode(io.ComfyNode):
             display_name="Regional Prompt Encode (FLUX)",
             category=f"{CATEGORY}/flux",
             description="Encodes the layout's base prompt (for the sampler) and each region's prompt (for the "
-                        "Regional FLUX Patch) with the FLUX text encoder. Region prompts keep only their real T5 "
-                        "tokens; regions without a prompt or with an empty mask are skipped with a warning.",
+                        "Regional FLUX Patch) with the FLUX text encoder. Each region's prompt is encoded as that prompt "
+                        "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens, so regions never "
+                        "change each other's embeddings; regions without a prompt or with an empty mask are "
+                        "skipped with a warning.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader, type flux)."),
                 Regions.Input("regions", tooltip="Masks and prompts of the regions, with the base prompt and the "
@@ -35,9 +38,7 @@ class RegionalPromptEncode(io.ComfyNode):
     def execute(cls, clip, regions) -> io.NodeOutput:
         if clip is None:
             raise ValueError("Regional Prompt Encode: clip is not connected to a text encoder")
-        try:
+        with prefix_errors("Regional Prompt Encode: regions"):
             regional = encode_regions(clip, regions)
-        except ValueError as err:
-            raise ValueError(f"Regional Prompt Encode: regions: {err}") from None
         base = clip.encode_from_tokens_scheduled(clip.tokenize(regions.base_prompt))
         return io.NodeOutput(base, regional)

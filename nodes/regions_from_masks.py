@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..layout.from_masks import layout_from_masks, split_prompts
-from .checks import finite
+from .checks import finite, prefix_errors
 from .types import CATEGORY, Regions, layout_inputs
 
 
@@ -21,8 +21,7 @@ class RegionsFromMasks(io.ComfyNode):
                                 tooltip="One prompt per line, in the order of the masks."),
                 *layout_inputs(width_tip="Width of the picture the layout describes, in pixels; masks are resized "
                                          "to it.",
-                               background_tip="Prompt for the area no mask covers; empty means no background region.",
-                               background_default="a photo"),
+                               background_tip="Prompt for the area no mask covers (a region of its own)."),
                 io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
                                tooltip="Soften every region's edge by this many pixels (0 keeps hard edges)."),
             ],
@@ -32,9 +31,7 @@ class RegionsFromMasks(io.ComfyNode):
     @classmethod
     def execute(cls, masks, prompts, width, height, base_prompt, background_prompt, feather) -> io.NodeOutput:
         finite("Regions From Masks", "feather", feather, 0.0, 256.0)
-        try:
+        with prefix_errors("Regions From Masks"):
             layout = layout_from_masks(masks, split_prompts(prompts), width=width, height=height,
                                        base_prompt=base_prompt, background_prompt=background_prompt, feather=feather)
-        except ValueError as err:
-            raise ValueError(f"Regions From Masks: {err}") from None
         return io.NodeOutput(layout)

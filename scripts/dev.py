@@ -42,16 +42,18 @@ def v030_archive() -> Path:
     return HOSTS_DIR / host.V030_ARCHIVE_NAME
 
 
-def bootstrap(argv: list[str], host_name: str = "floor") -> None:
-    """Make sure a Python with torch, ComfyUI and the test tools exists, then re-run this script in it."""
+def bootstrap(argv: list[str], needs_host: bool = True, host_name: str = "floor") -> None:
+    """Make sure a Python with torch, ComfyUI (unless `needs_host` is false) and the test tools exists, then
+    re-run this script in it."""
     comfyui = os.environ.get("COMFYUI_PATH")
+    env = dict(os.environ, **{BOOTSTRAPPED: "1"})
     if host_name == "v0.30":
         if not v030_archive().exists():
             sys.exit(f"--host v0.30 needs {v030_archive()} (set RL_HOSTS_DIR to the folder that holds it)")
         started = time.monotonic()
         python = host.ensure_venv(V030_VENV, DEV_REQUIREMENTS, torch=host.V030_TORCH)
-        comfyui_path = host.ensure_archived_host(V030_HOST, python, v030_archive())
-        host.link_pack(comfyui_path, REPO)
+        env["COMFYUI_PATH"] = str(host.ensure_archived_host(V030_HOST, python, v030_archive()))
+        host.link_pack(Path(env["COMFYUI_PATH"]), REPO)
         host.log(f"ComfyUI v0.30.0 host ready in {time.monotonic() - started:.0f}s")
     elif comfyui:
         python = Path(sys.executable)
@@ -59,16 +61,17 @@ def bootstrap(argv: list[str], host_name: str = "floor") -> None:
         comfyui_path = Path(comfyui).resolve()
         if not (comfyui_path / "main.py").exists():
             sys.exit(f"COMFYUI_PATH={comfyui} has no main.py: point it at a ComfyUI checkout")
+        env["COMFYUI_PATH"] = str(comfyui_path)
     else:
         python = host.ensure_venv(VENV, DEV_REQUIREMENTS)
-        comfyui_path = host.ensure_host(LOCAL_HOST, python, CACHE)
-        host.link_pack(comfyui_path, REPO)
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path), **{BOOTSTRAPPED: "1"})
+        if needs_host:
+            env["COMFYUI_PATH"] = str(host.ensure_host(LOCAL_HOST, python, CACHE))
+            host.link_pack(Path(env["COMFYUI_PATH"]), REPO)
     os.execve(str(python), [str(python), str(Path(__file__).resolve()), *argv], env)
 
 
 def _ensure_dev_tools(python: Path) -> None:
-    probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium"], capture_output=True)
+    probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium, ruff"], capture_output=True)
     if probe.returncode != 0:
         host.log(f"installing test tools into {python}")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(DEV_REQUIREMENTS)], check=True)
@@ -152,6 +155,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return max(subprocess.run([sys.executable, str(s), *args.bench_args], cwd=REPO, env=env).returncode for s in scripts)
 
 
+def cmd_pictures(args: argparse.Namespace) -> int:
+    ensure_chromium()
+    return subprocess.run([sys.executable, "-m", "rl_devkit.pictures"], cwd=REPO, env=devkit_env()).returncode
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """ruff's lint rules and its format check (rules and format: pyproject.toml); both run, either fails."""
+    ruff = [sys.executable, "-m", "ruff"]
+    results = [subprocess.run([*ruff, *check], cwd=REPO).returncode for check in (["check", "."],
+                                                                                 ["format", "--check", "."])]
+    return max(results)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     ensure_tiny_models()
     return 0
@@ -195,6 +211,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("name", nargs="?")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+    pictures = sub.add_parser("pictures", help="redraw the README's editor picture (docs/images) in headless Chromium")
+    pictures.set_defaults(func=cmd_pictures)
+    lint = sub.add_parser("lint", help="ruff check and ruff format --check (CI runs it before the tests)")
+    lint.set_defaults(func=cmd_lint)
     setup = sub.add_parser("setup", help="only install the environment, host and tiny models")
     setup.set_defaults(func=cmd_setup)
     if argv[:1] == ["test"]:  # our own options anywhere; everything else goes to pytest verbatim, in order
@@ -217,7 +237,7 @@ def main() -> None:
     argv = sys.argv[1:]
     args = parse_args(argv)  # fail fast on a typo, before any install
     if os.environ.get(BOOTSTRAPPED) != "1":
-        bootstrap(argv, getattr(args, "host", "floor"))
+        bootstrap(argv, needs_host=args.command != "lint", host_name=getattr(args, "host", "floor"))
     sys.exit(args.func(args))
 
 

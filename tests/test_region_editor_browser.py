@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rl_devkit.browser import Browser, chromium_available, quiet_settings, screenshot_node
 from rl_devkit.server import FINAL_EVENTS
-from support.browser import Browser, chromium_available, quiet_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOT = REPO / "docs" / "images" / "region_editor.png"
 WIDTH, HEIGHT = 256, 192  # non-square on purpose
 PROMPTS = ["a red barn", "a <b>white</b> horse", "<img src=x onerror=\"window.rlHacked=1\"> a river"]
 # Drags in canvas pixels (from the canvas's top-left corner): two rectangles and one brush stroke.
@@ -111,19 +110,6 @@ def mask_images(server, entry: dict, node_id: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(server.view(img))).convert("L")) > 127 for img in images]
 
 
-def screenshot_node(browser: Browser, node_id: str) -> Image.Image:
-    box = browser.js("""
-        const app = window.comfyAPI.app.app;
-        const node = app.graph.getNodeById(Number(args[0]));
-        const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
-        const x = r.left + (node.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (node.pos[1] + ds.offset[1]) * ds.scale;
-        return [x - 8, y - LiteGraph.NODE_TITLE_HEIGHT - 8, x + node.size[0] * ds.scale + 8,
-                y + node.size[1] * ds.scale + 8];
-    """, node_id)
-    shot = Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
-    return shot.crop(tuple(int(v) for v in box))
-
-
 @pytest.fixture(scope="module")
 def browser(comfy_server):
     assert chromium_available(), "install Debian's chromium and chromium-driver (apt-get install chromium " \
@@ -159,10 +145,7 @@ def drawn(browser, comfy_server, artifacts):
     type_prompt(browser, 2, PROMPTS[2])
     browser.driver.find_element("css selector", "textarea[placeholder='base_prompt']").send_keys(BASE_PROMPT)
     prompt = browser.js("return (await window.comfyAPI.app.app.graphToPrompt()).output;")
-    shot = screenshot_node(browser, ids["layout"])
-    shot.save(artifacts / "region_editor.png")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shot.save(SCREENSHOT)
+    screenshot_node(browser, ids["layout"]).save(artifacts / "region_editor.png")  # README: dev.py pictures
     known = set(comfy_server.get_json("/history"))
     browser.driver.find_element("css selector", "[data-testid='queue-button'] button, "
                                                 "button[data-testid='queue-button']").click()

