@@ -26,6 +26,13 @@ from .text_positions import own_text_position_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
+# Raised when a sampling call ran FLUX without one call of our attention override: something below us took it out.
+NO_OVERRIDE_CALLS = (
+    "Regional FLUX: FLUX's attention never reached the regional override. Either a patch replaces FLUX's forward "
+    "(TeaCache, MagCache, Nunchaku models), which cannot be combined with regional prompting: remove it; or an "
+    "attention patch node (e.g. Sage/Flash attention) placed after Regional FLUX Patch replaces its attention "
+    "override instead of chaining it: connect that node before Regional FLUX Patch "
+    "(loader -> attention patch -> Regional FLUX Patch -> sampler)")
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,15 @@ def step_is_controlled(transformer_options: dict, control_steps: int) -> bool:
         return True
     boundary = float(schedule[control_steps])
     return float(sigmas.max()) > boundary + 1e-5 * max(1.0, abs(boundary))
+
+
+def _is_first_step(transformer_options: dict) -> bool:
+    """True at the sampler's first sigma (or without a schedule): no step cache skips the model there."""
+    schedule, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
+    if schedule is None or sigmas is None:
+        return True
+    first = float(schedule[0])
+    return float(sigmas.max()) >= first - 1e-5 * max(1.0, abs(first))
 
 
 def _take(value, rows: Tensor, batch: int):
@@ -190,9 +206,12 @@ class RegionalFluxWrapper:
                                      [], blocks[0] if blocks else None)
         opts["optimized_attention_override"] = override
         out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
-        if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
-            raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
-                             "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
+        # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
+        # step only: later a step cache below us (EasyCache placed after the patcher) may skip FLUX altogether.
+        if not override.calls:
+            if _is_first_step(transformer_options):
+                raise ValueError(NO_OVERRIDE_CALLS)
+            return out
         if override.counted and (blocks is None or len(override.calls) != sum(blocks)):
             raise ValueError(f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
                              f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "

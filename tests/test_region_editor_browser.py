@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from rl_devkit.browser import Browser, chromium_available, quiet_settings, screenshot_node
+from rl_devkit.server import FINAL_EVENTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -155,6 +156,7 @@ def drawn(browser, comfy_server, artifacts):
                      " return Math.abs(r - 0x20) + Math.abs(g - 0x60) + Math.abs(b - 0xc0) < 12; })()",
                      30, "the backdrop image in the editor")
     browser.driver.save_screenshot(str(artifacts / "region_editor_after_run.png"))
+    assert browser.toasts() == []  # no warning, alert or error while drawing and queueing
     return {"ids": ids, "box": box, "prompt": prompt, "entry": entry,
             "masks": mask_images(comfy_server, entry, ids["save"])}
 
@@ -219,6 +221,7 @@ def test_layout_survives_a_page_reload(drawn, browser):
     browser.open_frontend()
     browser.wait_for("document.querySelectorAll('.rl-row').length === 3", 60, "the editor after reload")
     assert browser.js(STATE_OF) == state
+    assert browser.toasts() == []  # restoring the saved workflow raised no warning
     prompts = browser.driver.execute_script(
         "return [...document.querySelectorAll('.rl-row .rl-prompt')].map((t) => t.value)")
     assert prompts == PROMPTS
@@ -353,20 +356,35 @@ def test_editor_follows_the_light_theme(drawn, browser, artifacts):
     browser.wait_for(f"{field}.color === 'rgb(221, 221, 221)'", 20, "dark theme again")
 
 
-def test_shipped_workflows_load_without_missing_nodes_or_errors(browser):
+def accepted_then_stopped(server, prompt: dict) -> None:
+    """Queue `prompt` (raises PromptRejected when validation refuses it), then interrupt it: only acceptance
+    is under test here, the workflows' full-size runs are too slow for CI (their API twins run shrunk)."""
+    prompt_id = server.queue(prompt)
+    deadline = time.monotonic() + 300
+    while not any(e["type"] in FINAL_EVENTS for e in server.events_for(prompt_id)):
+        assert time.monotonic() < deadline, f"prompt {prompt_id} neither finished nor stopped"
+        server.interrupt()  # an interrupt before the prompt starts is dropped, so repeat it
+        time.sleep(0.5)
+    result = server.wait(prompt_id, 10)
+    assert result.status in ("success", "interrupted"), result.error
+
+
+def test_shipped_workflows_load_without_missing_nodes_errors_or_toasts(browser, comfy_server):
     workflows = sorted((REPO / "workflows").glob("*.json"))
     assert workflows, "no shipped workflows"
     for path in workflows:
-        before = len(browser.read_console())
-        missing = browser.js("""
+        before, toasts_before = len(browser.read_console()), len(browser.toasts())
+        loaded = browser.js("""
             const app = window.comfyAPI.app.app;
             await app.loadGraphData(args[0], true, true, args[1]);
-            await new Promise((r) => setTimeout(r, 300));
+            await new Promise((r) => setTimeout(r, 500));
             const missing = app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
-            await app.graphToPrompt();
-            return missing;
+            return {missing, prompt: (await app.graphToPrompt()).output};
         """, json.loads(path.read_text()), path.stem)
-        assert missing == [], f"{path.name}: missing nodes {missing}"
+        assert loaded["missing"] == [], f"{path.name}: missing nodes {loaded['missing']}"
         errors = [e["message"] for e in browser.read_console()[before:]
                   if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]]
         assert errors == [], f"{path.name}: console errors {errors}"
+        # Any toast (warning, alert, error) means the frontend found fault with the file, e.g. its zod schema.
+        assert browser.toasts()[toasts_before:] == [], f"{path.name}: toasts {browser.toasts()[toasts_before:]}"
+        accepted_then_stopped(comfy_server, loaded["prompt"])

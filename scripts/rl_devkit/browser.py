@@ -22,6 +22,23 @@ CHROME_FLAGS = (
 )
 # Settings that keep first-run dialogs (template browser, tours) out of the way.
 QUIET_SETTINGS = {"Comfy.TutorialCompleted": True}
+# Records the text of every toast (PrimeVue's `.p-toast-message`: the frontend's warnings, alerts and errors,
+# e.g. "Invalid workflow against zod schema") into window.rlToasts, even ones that vanish again.
+TOAST_RECORDER = """
+if (!window.rlToasts) {
+  window.rlToasts = [];
+  const seen = new WeakSet();
+  const record = (el) => {
+    if (seen.has(el)) return;
+    seen.add(el);
+    const kind = [...el.classList].find((c) => /^p-toast-message-(?!content|icon|text)/.test(c)) || "";
+    window.rlToasts.push(`${kind.replace("p-toast-message-", "")}: ${el.textContent.trim().slice(0, 500)}`);
+  };
+  const scan = () => document.querySelectorAll(".p-toast-message").forEach(record);
+  new MutationObserver(scan).observe(document.body, {childList: true, subtree: true});
+  scan();
+}
+"""
 
 
 def chromium_available() -> bool:
@@ -79,6 +96,11 @@ class Browser:
         self.wait_for("window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler "
                       "&& document.querySelector('.graph-canvas-container, canvas#graph-canvas')",
                       timeout, "the ComfyUI frontend to load")
+        self.driver.execute_script(TOAST_RECORDER)
+
+    def toasts(self) -> list[str]:
+        """Every toast shown since the page loaded ("severity: text")."""
+        return self.driver.execute_script("return window.rlToasts || [];")
 
     def read_console(self) -> list[dict]:
         self.console += self.driver.get_log("browser")
