@@ -14,19 +14,19 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ModelFamily:
     key: str
-    name: str                        # as users know it, for messages
+    name: str  # as users know it, for messages
     # positional arguments the DIFFUSION_MODEL wrapper receives before transformer_options (the model's forward)
     forward_args: tuple[str, ...]
-    latent_channels: int             # of the latent the sampler hands the model (without concatenated channels)
-    patch_size: int = 2              # latent pixels per token side
-    text_first: bool = True          # joint sequence [text | image]; the regional texts go before the base text
+    latent_channels: int  # of the latent the sampler hands the model (without concatenated channels)
+    patch_size: int = 2  # latent pixels per token side
+    text_first: bool = True  # joint sequence [text | image]; the regional texts go before the base text
     block_kinds: tuple[str, ...] = ("double", "single")  # block_type values, in the order the model runs them
-    reference_tokens: bool = False   # `ref_latents` add image tokens after the grid (FLUX.1 Kontext)
+    reference_tokens: bool = False  # `ref_latents` add image tokens after the grid (FLUX.1 Kontext)
     latent_hint: str = "EmptySD3LatentImage"
     text_encoder_hint: str = "DualCLIPLoader, type flux"
     # the model's attribute holding each kind's blocks (default `<kind>_blocks`)
     block_lists: tuple[str, ...] | None = None
-    latent_dims: int = 2             # latent axes after batch and channels (Qwen-Image: time, height, width)
+    latent_dims: int = 2  # latent axes after batch and channels (Qwen-Image: time, height, width)
     # Text RoPE positions. "shared": every text token sits at the same position (FLUX: 0), so region texts placed
     # before the base text keep the positions they have alone. "sequential": text token j sits at txt_start + j
     # (Qwen-Image), so the wrapper re-bases each region text and the base text to start at txt_start
@@ -55,26 +55,42 @@ class ModelFamily:
         except (TypeError, ValueError):
             return self.forward_args
         for names in (self.forward_args, *self.other_forward_args):
-            if params[:len(names)] == names:
+            if params[: len(names)] == names:
                 return names
         return self.forward_args
 
 
-FLUX1 = ModelFamily("flux1", "FLUX.1", ("x", "timestep", "context", "y", "guidance", "ref_latents", "control"),
-                    latent_channels=16, reference_tokens=True)
-CHROMA = ModelFamily("chroma", "Chroma", ("x", "timestep", "context", "guidance", "control"), latent_channels=16,
-                     text_encoder_hint="CLIPLoader, type chroma (T5-XXL)")
+FLUX1 = ModelFamily(
+    "flux1",
+    "FLUX.1",
+    ("x", "timestep", "context", "y", "guidance", "ref_latents", "control"),
+    latent_channels=16,
+    reference_tokens=True,
+)
+CHROMA = ModelFamily(
+    "chroma",
+    "Chroma",
+    ("x", "timestep", "context", "guidance", "control"),
+    latent_channels=16,
+    text_encoder_hint="CLIPLoader, type chroma (T5-XXL)",
+)
 
 # Qwen-Image (and -Edit): 60 double-stream blocks as `transformer_blocks` (block_type "double" and block_index are
 # set on every supported host), joint sequence [text | image | reference latents (Edit)], text RoPE positions
 # arange(txt_start, ...). v0.3.76 calls (x, timestep, context, attention_mask, guidance, ref_latents, options);
 # newer hosts dropped guidance and added additional_t_cond after ref_latents.
-QWEN_IMAGE = ModelFamily("qwen_image", "Qwen-Image",
-                         ("x", "timestep", "context", "attention_mask", "guidance", "ref_latents"),
-                         latent_channels=16, block_kinds=("double",), block_lists=("transformer_blocks",),
-                         reference_tokens=True, latent_dims=3, text_positions="sequential",
-                         other_forward_args=(("x", "timestep", "context", "attention_mask", "ref_latents",
-                                              "additional_t_cond"),),
-                         text_encoder_hint="CLIPLoader, type qwen_image (Qwen2.5-VL 7B)")
+QWEN_IMAGE = ModelFamily(
+    "qwen_image",
+    "Qwen-Image",
+    ("x", "timestep", "context", "attention_mask", "guidance", "ref_latents"),
+    latent_channels=16,
+    block_kinds=("double",),
+    block_lists=("transformer_blocks",),
+    reference_tokens=True,
+    latent_dims=3,
+    text_positions="sequential",
+    other_forward_args=(("x", "timestep", "context", "attention_mask", "ref_latents", "additional_t_cond"),),
+    text_encoder_hint="CLIPLoader, type qwen_image (Qwen2.5-VL 7B)",
+)
 
 FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE)}

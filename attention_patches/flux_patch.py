@@ -32,16 +32,17 @@ NO_OVERRIDE_CALLS = (
     "(TeaCache, MagCache, Nunchaku models), which cannot be combined with regional prompting: remove it; or an "
     "attention patch node (e.g. Sage/Flash attention) placed after Regional FLUX Patch replaces its attention "
     "override instead of chaining it: connect that node before Regional FLUX Patch "
-    "(loader -> attention patch -> Regional FLUX Patch -> sampler)")
+    "(loader -> attention patch -> Regional FLUX Patch -> sampler)"
+)
 
 
 @dataclass(frozen=True)
 class RegionalFluxOptions:
-    beta: float = 0.2                       # share of plain (base prompt) attention in the image rows
-    control_steps: int = 10                 # the first N sampling steps are regional
+    beta: float = 0.2  # share of plain (base prompt) attention in the image rows
+    control_steps: int = 10  # the first N sampling steps are regional
     double_blocks: frozenset[int] = frozenset()
     single_blocks: frozenset[int] = frozenset()
-    feather: float = 0.0                    # pixels; added softness at every region's edge
+    feather: float = 0.0  # pixels; added softness at every region's edge
     # True: the exact dense-mask path for every layout. False (default): hard, disjoint masks take the grouped
     # path (one small attention per region + the plain one), soft or overlapping masks the dense path.
     force_dense: bool = False
@@ -58,7 +59,7 @@ class RegionalFluxOptions:
 
 
 def parse_blocks(text: str, count: int, name: str = "blocks") -> frozenset[int]:
-    """"all", "none" (or empty), "every N" (0, N, 2N, ...), or a list of indices and ranges like "0-7,12"."""
+    """ "all", "none" (or empty), "every N" (0, N, 2N, ...), or a list of indices and ranges like "0-7,12"."""
     spec = text.strip().lower()
     if spec in ("all", "*"):
         return frozenset(range(count))
@@ -74,8 +75,9 @@ def parse_blocks(text: str, count: int, name: str = "blocks") -> frozenset[int]:
     for part in spec.replace(" ", "").split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
-            raise ValueError(f"{name}: cannot read {part!r} in {text!r}; use 'all', 'none', 'every 2' or a list "
-                             "like '0-7,12'")
+            raise ValueError(
+                f"{name}: cannot read {part!r} in {text!r}; use 'all', 'none', 'every 2' or a list like '0-7,12'"
+            )
         lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
         if hi < lo or hi >= count:
             raise ValueError(f"{name}: {part!r} is outside the model's blocks 0-{count - 1}")
@@ -134,12 +136,13 @@ class RegionalFluxWrapper:
     def __call__(self, executor, *call_args, **kwargs):
         names = self.family.forward_names(getattr(executor, "class_obj", None))
         n = len(names)
-        args, transformer_options = call_args[:n], call_args[n] if len(call_args) > n else kwargs.pop(
-            "transformer_options", {})
+        args, transformer_options = (
+            call_args[:n],
+            call_args[n] if len(call_args) > n else kwargs.pop("transformer_options", {}),
+        )
         named = dict(zip(names, args))
         x, context = named["x"], named["context"]
-        if not self.options.changes_anything or not step_is_controlled(transformer_options,
-                                                                       self.options.control_steps):
+        if not self.options.changes_anything or not step_is_controlled(transformer_options, self.options.control_steps):
             return executor(*args, transformer_options, **kwargs)
         self._check(x, context, getattr(executor, "class_obj", None))
         batch = x.shape[0]
@@ -172,17 +175,21 @@ class RegionalFluxWrapper:
     def _check(self, x: Tensor, context: Tensor, model=None) -> None:
         family = self.family
         img_in = getattr(getattr(model, "img_in", None), "weight", None)
-        per_token = family.patch_size ** 2
+        per_token = family.patch_size**2
         channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
         frames = x.shape[2] if family.latent_dims == 3 and x.ndim == 5 else 1  # Qwen-Image: [B, C, 1, H, W]
-        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels or frames != 1:           # concat channels
-            raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
-                             f"{family.latent_channels}-channel{' one-frame' if family.latent_dims == 3 else ''} latent (use {family.latent_hint} or encode with "
-                             f"the {family.name} VAE)")
+        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels or frames != 1:  # concat channels
+            raise ValueError(
+                f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
+                f"{family.latent_channels}-channel{' one-frame' if family.latent_dims == 3 else ''} latent (use {family.latent_hint} or encode with "
+                f"the {family.name} VAE)"
+            )
         if context.shape[-1] != self.cond.width:
-            raise ValueError(f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
-                             f"{context.shape[-1]}: encode both with the same {family.name} text encoder "
-                             f"({family.text_encoder_hint})")
+            raise ValueError(
+                f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
+                f"{context.shape[-1]}: encode both with the same {family.name} text encoder "
+                f"({family.text_encoder_hint})"
+            )
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
         model = getattr(executor, "class_obj", None)
@@ -200,10 +207,16 @@ class RegionalFluxWrapper:
             if blocks is None:
                 raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
             rows = own_text_position_rows(plan.text_lens, plan.base_len, plan.length)
-            opts["patches_replace"] = with_own_text_positions(opts.get("patches_replace"), rows,
-                                                              self.family.block_kinds, blocks)
-        override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
-                                     [], blocks[0] if blocks else None)
+            opts["patches_replace"] = with_own_text_positions(
+                opts.get("patches_replace"), rows, self.family.block_kinds, blocks
+            )
+        override = regional_override(
+            plan,
+            self.options,
+            transformer_options.get("optimized_attention_override"),
+            [],
+            blocks[0] if blocks else None,
+        )
         opts["optimized_attention_override"] = override
         out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
         # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
@@ -213,18 +226,24 @@ class RegionalFluxWrapper:
                 raise ValueError(NO_OVERRIDE_CALLS)
             return out
         if override.counted and (blocks is None or len(override.calls) != sum(blocks)):
-            raise ValueError(f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
-                             f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "
-                             "blocks cannot be told apart (another patch skips or repeats blocks); update ComfyUI "
-                             "to 0.3.76 or newer")
+            raise ValueError(
+                f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
+                f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "
+                "blocks cannot be told apart (another patch skips or repeats blocks); update ComfyUI "
+                "to 0.3.76 or newer"
+            )
         return out
 
     def plan(self, latent_h: int, latent_w: int, base_len: int, n_extra: int = 0) -> SequencePlan:
         key = (latent_h, latent_w, base_len, n_extra)
         if key not in self._plans:
             masks = region_token_masks(
-                self.cond.masks(), latent_h, latent_w, background=self.cond.background is not None,
-                feathers=[max(f, self.options.feather) for f in self.cond.feathers()])
+                self.cond.masks(),
+                latent_h,
+                latent_w,
+                background=self.cond.background is not None,
+                feathers=[max(f, self.options.feather) for f in self.cond.feathers()],
+            )
             lens = tuple(e.shape[1] for e in self.region_embeds(masks.hard.shape[0]))
             self._plans[key] = SequencePlan(base_len, lens, masks, n_extra, self.options.force_dense)
         return self._plans[key]
@@ -241,8 +260,10 @@ class RegionalFluxWrapper:
 def _extra_tokens(ref_latents) -> int:
     if not ref_latents:
         return 0
-    return sum((r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2)
-               for r in ref_latents)
+    return sum(
+        (r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2)
+        for r in ref_latents
+    )
 
 
 def _no_padding(mask):
@@ -253,8 +274,10 @@ def _no_padding(mask):
     keeps = (mask == 0) if torch.is_floating_point(mask) else (mask != 0)  # float: additive bias; else 1 = keep
     if bool(keeps.all()):
         return None
-    raise ValueError("Regional FLUX: the prompt carries a text padding mask (prompts of different lengths batched "
-                     "together); regional prompting cannot combine with it yet: encode one prompt per conditioning")
+    raise ValueError(
+        "Regional FLUX: the prompt carries a text padding mask (prompts of different lengths batched "
+        "together); regional prompting cannot combine with it yet: encode one prompt per conditioning"
+    )
 
 
 def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:
@@ -265,15 +288,22 @@ def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[
     if kind in ("double", "single") and isinstance(index, int):
         return kind, index, False
     if n_double is None:
-        raise ValueError("Regional FLUX: this ComfyUI does not tell the attention which block runs; update ComfyUI "
-                         "to 0.3.76 or newer")
+        raise ValueError(
+            "Regional FLUX: this ComfyUI does not tell the attention which block runs; update ComfyUI "
+            "to 0.3.76 or newer"
+        )
     if calls_so_far < n_double:
         return "double", calls_so_far, True
     return "single", calls_so_far - n_double, True
 
 
-def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous=None, calls: list | None = None,
-                      n_double: int | None = None):
+def regional_override(
+    plan: SequencePlan,
+    options: RegionalFluxOptions,
+    previous=None,
+    calls: list | None = None,
+    n_double: int | None = None,
+):
     """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
     unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
     ComfyUI chose. `override.calls` lists (block_type, block_index) of every joint attention call;
@@ -290,11 +320,15 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
         if not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape") or q.ndim != 4:
             return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
         if q.shape[2] != plan.length:
-            raise ValueError(f"Regional FLUX: the joint sequence has {q.shape[2]} tokens, expected {plan.length}; "
-                             "another patch changes FLUX's tokens, which regional prompting cannot combine with")
+            raise ValueError(
+                f"Regional FLUX: the joint sequence has {q.shape[2]} tokens, expected {plan.length}; "
+                "another patch changes FLUX's tokens, which regional prompting cannot combine with"
+            )
         if mask is not None:
-            raise ValueError("Regional FLUX: the conditioning carries an attention mask; regional prompting "
-                             "cannot combine with it (remove the masked conditioning)")
+            raise ValueError(
+                "Regional FLUX: the conditioning carries an attention mask; regional prompting "
+                "cannot combine with it (remove the masked conditioning)"
+            )
         kind, index, counted = block_of_call(opts, len(calls), n_double)
         override.counted = override.counted or counted
         calls.append((kind, index))
@@ -302,7 +336,8 @@ def regional_override(plan: SequencePlan, options: RegionalFluxOptions, previous
         if index in selected:
             return regional_attention(q, k, v, plan, options.beta)
         return unselected_block_attention(
-            q, k, v, plan, options.beta, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs))
+            q, k, v, plan, options.beta, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs)
+        )
 
     override.calls = calls
     override.counted = False

@@ -37,10 +37,10 @@ from .token_masks import TokenMasks
 class SequencePlan:
     """Where every part of the joint sequence lies, and how image tokens group by region."""
 
-    base_len: int                 # base prompt tokens (T0)
-    text_lens: tuple[int, ...]    # one per region row of `masks` (the background last, if any)
+    base_len: int  # base prompt tokens (T0)
+    text_lens: tuple[int, ...]  # one per region row of `masks` (the background last, if any)
     masks: TokenMasks
-    n_extra: int = 0              # image tokens after the grid (e.g. reference latents): base attention only
+    n_extra: int = 0  # image tokens after the grid (e.g. reference latents): base attention only
     force_dense: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -105,16 +105,21 @@ class SequencePlan:
         """Positions of the dense path's tokens: [region texts | image] (no base text)."""
         key = ("regional", str(device))
         if key not in self._cache:
-            self._cache[key] = torch.cat([torch.arange(self.base_start),
-                                          torch.arange(self.img_start, self.img_end)]).to(device)
+            self._cache[key] = torch.cat(
+                [torch.arange(self.base_start), torch.arange(self.img_start, self.img_end)]
+            ).to(device)
         return self._cache[key]
 
     def dense_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """[Lr, Lr] additive log-weight mask over [region texts | image] (-inf where attention is not allowed)."""
         key = ("bias", str(device), dtype)
         if key not in self._cache:
-            weights = torch.cat([text_row_weights(self.text_lens, self.masks.weights),
-                                 image_row_weights(self.text_lens, self.masks.weights)])
+            weights = torch.cat(
+                [
+                    text_row_weights(self.text_lens, self.masks.weights),
+                    image_row_weights(self.text_lens, self.masks.weights),
+                ]
+            )
             self._cache[key] = torch.log(weights).to(device, dtype)
         return self._cache[key]
 
@@ -138,8 +143,8 @@ def text_row_weights(text_lens: tuple[int, ...], weights: Tensor) -> Tensor:
     out = torch.zeros(n_txt, n_txt + weights.shape[1])
     start = 0
     for i, n in enumerate(text_lens):
-        out[start:start + n, start:start + n] = 1
-        out[start:start + n, n_txt:] = weights[i][None]
+        out[start : start + n, start : start + n] = 1
+        out[start : start + n, n_txt:] = weights[i][None]
         start += n
     return out
 
@@ -148,8 +153,11 @@ def image_row_weights(text_lens: tuple[int, ...], weights: Tensor) -> Tensor:
     """The image rows of the paper's mask (soft masks: min/max rules): image p → text i: w_i(p);
     image p → image q: max(max_i min(w_i(p), w_i(q)), min(1 - u(p), 1 - u(q))), u = max_i w_i."""
     n_img = weights.shape[1]
-    to_text = torch.cat([weights[i][:, None].expand(n_img, n) for i, n in enumerate(text_lens)], 1) \
-        if text_lens else torch.zeros(n_img, 0)
+    to_text = (
+        torch.cat([weights[i][:, None].expand(n_img, n) for i, n in enumerate(text_lens)], 1)
+        if text_lens
+        else torch.zeros(n_img, 0)
+    )
     img = torch.zeros(n_img, n_img)
     for w in weights:
         img = torch.maximum(img, torch.minimum(w[:, None], w[None, :]))
@@ -179,8 +187,9 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     out = torch.empty_like(q)
     base = _base_attention(q, k, v, plan, beta, out)
     if bs and len(index) < bs + plan.n_img:  # a region text whose region holds no image token
-        out[:, :, :bs] = F.scaled_dot_product_attention(q[:, :, :bs], k[:, :, :end], v[:, :, :end],
-                                                        attn_mask=plan.text_bias(q.device, q.dtype))
+        out[:, :, :bs] = F.scaled_dot_product_attention(
+            q[:, :, :bs], k[:, :, :end], v[:, :, :end], attn_mask=plan.text_bias(q.device, q.dtype)
+        )
     qr, kr, vr = (t.index_select(2, index) for t in (q, k, v))
     for s, e in table:
         out.index_copy_(2, index[s:e], F.scaled_dot_product_attention(qr[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]))
@@ -201,16 +210,17 @@ def _base_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: f
             out[:, :, end:] = F.scaled_dot_product_attention(q[:, :, end:], kb, vb)
         return None
     base = F.scaled_dot_product_attention(q[:, :, bs:], kb, vb)
-    out[:, :, bs:img] = base[:, :, :img - bs]
-    out[:, :, end:] = base[:, :, end - bs:]
-    return base[:, :, img - bs:end - bs]
+    out[:, :, bs:img] = base[:, :, : img - bs]
+    out[:, :, end:] = base[:, :, end - bs :]
+    return base[:, :, img - bs : end - bs]
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
     bs, img, end = plan.base_start, plan.img_start, plan.img_end
     ridx = plan.regional_index(q.device)
-    regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)),
-                                              attn_mask=plan.dense_bias(q.device, q.dtype))
+    regional = F.scaled_dot_product_attention(
+        *(t.index_select(2, ridx) for t in (q, k, v)), attn_mask=plan.dense_bias(q.device, q.dtype)
+    )
     out = torch.empty_like(q)
     base = _base_attention(q, k, v, plan, beta, out)
     out[:, :, :bs] = regional[:, :, :bs]

@@ -25,8 +25,9 @@ class RegionalConditioning:
             raise ValueError(f"{len(self.embeds)} embeddings for {len(self.layout.regions)} regions")
         if not self.embeds and self.background is None:
             raise ValueError("no region and no background prompt")
-        widths = {e.shape[-1] for e in self.embeds} | ({self.background.shape[-1]} if self.background is not None
-                                                        else set())
+        widths = {e.shape[-1] for e in self.embeds} | (
+            {self.background.shape[-1]} if self.background is not None else set()
+        )
         if len(widths) != 1:
             raise ValueError(f"region embeddings differ in width: {sorted(widths)}")
 
@@ -111,7 +112,7 @@ def encode_texts(clip, texts: list[str]) -> list[torch.Tensor]:
         if cond.shape[1] != length * len(members):  # not T5 alone: encode these one by one below
             continue
         for row, i in enumerate(members):
-            out[i] = cond[:, row * length:row * length + n_t5_real[i]]
+            out[i] = cond[:, row * length : row * length + n_t5_real[i]]
     for i, tokens in enumerate(tokenized):
         if out[i] is None:
             cond = clip.encode_from_tokens(tokens)
@@ -142,6 +143,8 @@ def encode_regions(clip, layout: RegionLayout) -> RegionalConditioning:
     embeds = encode_texts(clip, texts) if texts else []
     background = embeds.pop() if len(embeds) > len(kept) else None
     if not embeds and background is None:
-        raise ValueError("no region has both a prompt and a non-empty mask: give at least one region a mask and "
-                         "a prompt (or a background prompt)")
+        raise ValueError(
+            "no region has both a prompt and a non-empty mask: give at least one region a mask and "
+            "a prompt (or a background prompt)"
+        )
     return RegionalConditioning(layout.with_regions(tuple(kept)), tuple(embeds), background)

@@ -29,8 +29,9 @@ def own_text_position_rows(text_lens: tuple[int, ...], base_len: int, length: in
     return torch.cat(parts)
 
 
-def with_own_text_positions(patches_replace: dict | None, rows: Tensor, block_kinds: tuple[str, ...],
-                            block_counts: tuple[int, ...]) -> dict:
+def with_own_text_positions(
+    patches_replace: dict | None, rows: Tensor, block_kinds: tuple[str, ...], block_counts: tuple[int, ...]
+) -> dict:
     """A copy of transformer_options["patches_replace"] whose "dit" block entries hand every block the RoPE table
     gathered by `rows` (and then call the replacement that was there, or the block itself)."""
     patches = dict(patches_replace or {})
@@ -40,8 +41,10 @@ def with_own_text_positions(patches_replace: dict | None, rows: Tensor, block_ki
     def gathered(pe: Tensor) -> Tensor:
         if last[0] is not pe:
             if pe.shape[PE_TOKEN_DIM] != len(rows):
-                raise ValueError(f"Regional FLUX: the RoPE table has {pe.shape[PE_TOKEN_DIM]} tokens, expected "
-                                 f"{len(rows)}; another patch changes the model's tokens")
+                raise ValueError(
+                    f"Regional FLUX: the RoPE table has {pe.shape[PE_TOKEN_DIM]} tokens, expected "
+                    f"{len(rows)}; another patch changes the model's tokens"
+                )
             last[:] = [pe, pe.index_select(PE_TOKEN_DIM, rows.to(pe.device))]
         return last[1]
 
@@ -49,6 +52,7 @@ def with_own_text_positions(patches_replace: dict | None, rows: Tensor, block_ki
         def patch(args, extra):
             args = {**args, "pe": gathered(args["pe"])}
             return previous(args, extra) if previous is not None else extra["original_block"](args)
+
         return patch
 
     for kind, count in zip(block_kinds, block_counts):

@@ -26,9 +26,9 @@ class TokenMasks:
     """Per-region membership of the image tokens, row-major over the (rows, cols) token grid."""
 
     grid: tuple[int, int]
-    hard: torch.Tensor     # [R, N] bool: the token is in the region
+    hard: torch.Tensor  # [R, N] bool: the token is in the region
     weights: torch.Tensor  # [R, N] float32 in [0, 1]: equals `hard` for hard-edged regions, coverage for soft ones
-    soft: bool             # some region has soft values, so only the dense path is exact
+    soft: bool  # some region has soft values, so only the dense path is exact
 
     @property
     def disjoint(self) -> bool:
@@ -49,8 +49,14 @@ def is_soft(mask: torch.Tensor) -> bool:
     return bool(((mask > SOFT_EPS) & (mask < 1 - SOFT_EPS)).any())
 
 
-def token_coverage(masks: torch.Tensor, latent_h: int, latent_w: int, patch_size: int = 2,
-                   feathers: list[float] | None = None, vae_scale: int = 8) -> torch.Tensor:
+def token_coverage(
+    masks: torch.Tensor,
+    latent_h: int,
+    latent_w: int,
+    patch_size: int = 2,
+    feathers: list[float] | None = None,
+    vae_scale: int = 8,
+) -> torch.Tensor:
     """[R, H, W] pixel masks → [R + 1, rows, cols] fraction of each token's area a region (last: their union)
     covers.
 
@@ -91,8 +97,15 @@ def assign_tokens(coverage: torch.Tensor, union: torch.Tensor | None = None) -> 
     return hard
 
 
-def region_token_masks(masks: torch.Tensor, latent_h: int, latent_w: int, *, feathers: list[float] | None = None,
-                       background: bool = False, patch_size: int = 2) -> TokenMasks:
+def region_token_masks(
+    masks: torch.Tensor,
+    latent_h: int,
+    latent_w: int,
+    *,
+    feathers: list[float] | None = None,
+    background: bool = False,
+    patch_size: int = 2,
+) -> TokenMasks:
     """Token membership of every region; with `background`, one more region holds the tokens no region holds
     (dropped when there are none). Regions with no pixels keep an empty row."""
     feathers = list(feathers) if feathers is not None else [0.0] * masks.shape[0]
@@ -100,8 +113,11 @@ def region_token_masks(masks: torch.Tensor, latent_h: int, latent_w: int, *, fea
     coverage, union = coverage[:-1], coverage[-1]
     hard = assign_tokens(coverage, union)
     soft_rows = [is_soft(m) or f > 0 for m, f in zip(masks, feathers)]
-    weights = torch.stack([c if s else h.float() for c, h, s in zip(coverage, hard, soft_rows)]) \
-        if soft_rows else coverage.clone()
+    weights = (
+        torch.stack([c if s else h.float() for c, h, s in zip(coverage, hard, soft_rows)])
+        if soft_rows
+        else coverage.clone()
+    )
     if background:
         free = ~hard.any(0)
         if free.any():

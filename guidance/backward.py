@@ -82,15 +82,15 @@ class GuidanceSettings:
         return self.feature == "identity" and self.distance == "squared_l2" and not self.force_autograd
 
 
-def distance(z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings,
-             mask: torch.Tensor | None = None) -> float:
+def distance(z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings, mask: torch.Tensor | None = None) -> float:
     feat = FEATURES[settings.feature]
     z, ref = z.detach().float(), ref.detach().float()
     return float(DISTANCES[settings.distance](feat(z, mask), feat(ref, mask)))
 
 
-def gradient(z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+def gradient(
+    z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """grad_z D(feat(z), feat(ref)), in float32. Autograd runs locally, so it also works inside ComfyUI's
     torch.inference_mode() (inference tensors are cloned into normal ones first)."""
     if settings.closed_form:
@@ -104,8 +104,9 @@ def gradient(z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings,
     return grad.detach().clone()
 
 
-def guidance_step(z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
+def guidance_step(
+    z: torch.Tensor, ref: torch.Tensor, settings: GuidanceSettings, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Backward guidance at one sampler step: `iterations` times z <- z - gamma * grad D. Returns a new tensor
     in z's dtype; gamma = 0 returns z's values unchanged (bit for bit)."""
     if settings.gamma == 0:

@@ -11,9 +11,11 @@ def check_sd1_model(model) -> None:
     config = model.model.model_config.unet_config
     latent = type(model.model.latent_format).__name__
     if latent != "SD15" or config.get("context_dim") != 768 or config.get("adm_in_channels"):
-        raise ValueError(f"model: GLIGEN textbox weights work with SD1.x models only, got "
-                         f"{type(model.model).__name__} ({latent} latents, context {config.get('context_dim')}): "
-                         "load an SD1.5 checkpoint for the layout prior")
+        raise ValueError(
+            f"model: GLIGEN textbox weights work with SD1.x models only, got "
+            f"{type(model.model).__name__} ({latent} latents, context {config.get('context_dim')}): "
+            "load an SD1.5 checkpoint for the layout prior"
+        )
 
 
 def check_gligen_matches(model, gligen) -> None:
@@ -25,9 +27,11 @@ def check_gligen_matches(model, gligen) -> None:
     query_dims = [fuser.linear.weight.shape[0] for fuser in fusers]
     block_dims = [block.proj_in.weight.shape[0] for block in blocks]
     if len(fusers) != len(blocks) or key_dims != {768} or query_dims != block_dims:
-        raise ValueError(f"gligen: these GLIGEN weights ({len(fusers)} fusers, widths {query_dims}) do not fit the "
-                         f"SD1.x model ({len(blocks)} transformer blocks, widths {block_dims}): load the GLIGEN "
-                         "file made for this base model (gligen_sd14_textbox_pruned for SD1.4/1.5)")
+        raise ValueError(
+            f"gligen: these GLIGEN weights ({len(fusers)} fusers, widths {query_dims}) do not fit the "
+            f"SD1.x model ({len(blocks)} transformer blocks, widths {block_dims}): load the GLIGEN "
+            "file made for this base model (gligen_sd14_textbox_pruned for SD1.4/1.5)"
+        )
 
 
 def ground(conditioning, clip, gligen, boxes: list[tuple[str, Box]], width: int, height: int):
@@ -37,8 +41,10 @@ def ground(conditioning, clip, gligen, boxes: list[tuple[str, Box]], width: int,
         _, pooled = clip.encode_from_tokens(clip.tokenize(phrase), return_pooled="unprojected")
         if pooled is None or pooled.shape[-1] != gligen.model.key_dim:
             got = None if pooled is None else pooled.shape[-1]
-            raise ValueError(f"clip: its pooled output has width {got}, GLIGEN needs {gligen.model.key_dim}: "
-                             "use the SD1.x checkpoint's own CLIP")
+            raise ValueError(
+                f"clip: its pooled output has width {got}, GLIGEN needs {gligen.model.key_dim}: "
+                "use the SD1.x checkpoint's own CLIP"
+            )
         params.append((pooled, *gligen_position(box, width, height)))
     out = []
     for cond, options in conditioning:
@@ -49,8 +55,22 @@ def ground(conditioning, clip, gligen, boxes: list[tuple[str, Box]], width: int,
     return out
 
 
-def sample_prior(model, clip, vae, gligen, boxes, prompt: str, negative: str, seed: int, steps: int, cfg: float,
-                 sampler_name: str, scheduler: str, width: int, height: int):
+def sample_prior(
+    model,
+    clip,
+    vae,
+    gligen,
+    boxes,
+    prompt: str,
+    negative: str,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    width: int,
+    height: int,
+):
     import torch
 
     check_sd1_model(model)

@@ -17,8 +17,9 @@ from .trajectory import Trajectory, forward_noise, guided_steps
 # no_grad as in k-diffusion's samplers: ComfyUI's weights require grad, so a caller outside inference mode would
 # otherwise keep an autograd graph of every model evaluation.
 @torch.no_grad()
-def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states,
-                      lsregen_refine=0):
+def _sample_inversion(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_states, lsregen_refine=0
+):
     def on_step(i, denoised, state):
         comfy.model_management.throw_exception_if_processing_interrupted()
         if callback is not None:
@@ -32,19 +33,30 @@ def _sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=
 
 def inversion_sampler(states: list[torch.Tensor], refine: int = 0) -> comfy.samplers.KSAMPLER:
     """A KSAMPLER that walks its latent UP the (ascending) sigmas and appends all its states to `states`."""
-    return comfy.samplers.KSAMPLER(_sample_inversion, extra_options={"lsregen_states": states,
-                                                                     "lsregen_refine": refine})
+    return comfy.samplers.KSAMPLER(
+        _sample_inversion, extra_options={"lsregen_states": states, "lsregen_refine": refine}
+    )
 
 
-def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: float, inversion_steps: int,
-           method: str, seed: int, refine: int = 0) -> tuple[Trajectory, dict]:
+def invert(
+    model,
+    positive,
+    latent: dict,
+    steps: int,
+    scheduler: str,
+    fraction: float,
+    inversion_steps: int,
+    method: str,
+    seed: int,
+    refine: int = 0,
+) -> tuple[Trajectory, dict]:
     """The reference trajectory for the first ceil(fraction * steps) sigmas of a `steps`-step `scheduler`
     schedule: DDIM inversion (Euler on ascending sigmas, cfg 1, coarse grid of `inversion_steps` plus the
     guided sigmas), or forward noising x0 + sigma * eps (no model evaluations)."""
     latent_image = latent["samples"]
     model_sampling = model.get_model_object("model_sampling")
     full = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
-    targets = full[:max(guided_steps(steps, fraction), 1)].float().cpu()
+    targets = full[: max(guided_steps(steps, fraction), 1)].float().cpu()
     kind = model_kind(model)
     if method == "forward_noise":
         x0 = model.model.process_latent_in(latent_image.float())
@@ -57,9 +69,19 @@ def invert(model, positive, latent: dict, steps: int, scheduler: str, fraction: 
         grid = inversion_grid(targets, coarse, float(model_sampling.sigma_min))
         states: list[torch.Tensor] = []
         callback, disable_pbar = progress(model, len(grid) - 1)
-        comfy.sample.sample_custom(model, torch.zeros_like(latent_image), 1.0, inversion_sampler(states, refine), grid,
-                                   positive, positive, latent_image, callback=callback, disable_pbar=disable_pbar,
-                                   seed=seed)
+        comfy.sample.sample_custom(
+            model,
+            torch.zeros_like(latent_image),
+            1.0,
+            inversion_sampler(states, refine),
+            grid,
+            positive,
+            positive,
+            latent_image,
+            callback=callback,
+            disable_pbar=disable_pbar,
+            seed=seed,
+        )
         trajectory = Trajectory(grid, states[0], kind, method)
     final = model.model.process_latent_out(trajectory.latents[-1].clone())
     return trajectory, {"samples": final.to(comfy.model_management.intermediate_device())}

@@ -33,13 +33,38 @@ from .trajectory import Trajectory, guided_steps
 # Samplers that carry every guided step's pull in their own state (tests/test_lsregen_samplers.py checks this for
 # every name ComfyUI offers). lcm keeps no state between steps (each step is the model's prediction plus fresh
 # noise), so the pull acts through the prediction of the guided latent, as in every sampler's model call.
-GUIDED_SAMPLERS = frozenset({
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "ddim", "ddpm", "lcm", "lms", "dpm_2",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "res_multistep",
-    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
-    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3",
-})
+GUIDED_SAMPLERS = frozenset(
+    {
+        "euler",
+        "euler_cfg_pp",
+        "euler_ancestral",
+        "euler_ancestral_cfg_pp",
+        "ddim",
+        "ddpm",
+        "lcm",
+        "lms",
+        "dpm_2",
+        "dpmpp_sde",
+        "dpmpp_sde_gpu",
+        "dpmpp_2m",
+        "dpmpp_2m_cfg_pp",
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_gpu",
+        "dpmpp_2m_sde_heun",
+        "dpmpp_2m_sde_heun_gpu",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_gpu",
+        "res_multistep",
+        "res_multistep_cfg_pp",
+        "res_multistep_ancestral",
+        "res_multistep_ancestral_cfg_pp",
+        "gradient_estimation",
+        "gradient_estimation_cfg_pp",
+        "er_sde",
+        "seeds_2",
+        "seeds_3",
+    }
+)
 # Why the others fall back (as of ComfyUI 0.3.76): uni_pc(_bh2), dpm_fast, dpm_adaptive evaluate the model off the
 # schedule's sigmas; heun, heunpp2, dpm_2_ancestral, dpmpp_2s_ancestral(_cfg_pp) make a second call after the
 # callback; ipndm(_v), deis report a stale x to the callback; sa_solver(_pece)'s corrector rebuilds x from the
@@ -128,15 +153,26 @@ class _GuidedDenoiser:
         return self.model(x, sigma, **kwargs)
 
 
-def _sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_inner,
-                   lsregen_inner_name, lsregen_plan):
+def _sample_guided(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, *, lsregen_inner, lsregen_inner_name, lsregen_plan
+):
     inner: comfy.samplers.KSAMPLER = lsregen_inner
     plan: GuidancePlan = lsregen_plan
     if lsregen_inner_name in GUIDED_SAMPLERS:
         start = x.clone()  # the guide writes into x: keep the start for a fallback run
         try:
-            return _run_guided(inner.sampler_function, model, x, sigmas, extra_args, callback, disable, plan,
-                               guided_steps(len(sigmas) - 1, plan.fraction), **inner.extra_options)
+            return _run_guided(
+                inner.sampler_function,
+                model,
+                x,
+                sigmas,
+                extra_args,
+                callback,
+                disable,
+                plan,
+                guided_steps(len(sigmas) - 1, plan.fraction),
+                **inner.extra_options,
+            )
         except PullNotOnState as err:
             plan.fallback = f"{lsregen_inner_name}: {err}"
             logging.warning("Backward guidance: %s; running the guided steps as Euler instead", plan.fallback)
@@ -147,8 +183,9 @@ def _sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=Non
     return _run_fallback(inner, model, x, sigmas, extra_args, callback, disable, plan)
 
 
-def _run_guided(sampler_function, model, x, sigmas, extra_args, callback, disable, plan: GuidancePlan, guided: int,
-                **options):
+def _run_guided(
+    sampler_function, model, x, sigmas, extra_args, callback, disable, plan: GuidancePlan, guided: int, **options
+):
     guide = _StepGuide(plan, sigmas, guided)
 
     def step_callback(d):
@@ -156,8 +193,15 @@ def _run_guided(sampler_function, model, x, sigmas, extra_args, callback, disabl
         if callback is not None:
             callback(d)
 
-    out = sampler_function(_GuidedDenoiser(model, guide), x, sigmas, extra_args=extra_args, callback=step_callback,
-                           disable=disable, **options)
+    out = sampler_function(
+        _GuidedDenoiser(model, guide),
+        x,
+        sigmas,
+        extra_args=extra_args,
+        callback=step_callback,
+        disable=disable,
+        **options,
+    )
     guide.check_done()
     return out
 
@@ -166,7 +210,7 @@ def _run_fallback(inner, model, x, sigmas, extra_args, callback, disable, plan: 
     """The guided head as Euler (DDIM) steps, then the chosen sampler on the rest of the schedule."""
     total, head = len(sigmas) - 1, guided_steps(len(sigmas) - 1, plan.fraction)
     euler = comfy.samplers.ksampler("euler")
-    x = _run_guided(euler.sampler_function, model, x, sigmas[:head + 1], extra_args, callback, disable, plan, head)
+    x = _run_guided(euler.sampler_function, model, x, sigmas[: head + 1], extra_args, callback, disable, plan, head)
     if head >= total:
         return x
 
@@ -174,8 +218,9 @@ def _run_fallback(inner, model, x, sigmas, extra_args, callback, disable, plan: 
         if callback is not None:
             callback({**d, "i": d["i"] + head})
 
-    return inner.sampler_function(model, x, sigmas[head:], extra_args=extra_args, callback=tail_callback,
-                                  disable=disable, **inner.extra_options)
+    return inner.sampler_function(
+        model, x, sigmas[head:], extra_args=extra_args, callback=tail_callback, disable=disable, **inner.extra_options
+    )
 
 
 def guided_sampler(sampler_name: str, plan: GuidancePlan) -> comfy.samplers.KSAMPLER:
@@ -187,16 +232,22 @@ def guided_sampler(sampler_name: str, plan: GuidancePlan) -> comfy.samplers.KSAM
 def check_trajectory(trajectory: Trajectory, model, latent: torch.Tensor, first_sigma: float) -> None:
     kind = model_kind(model)
     if trajectory.model_kind != kind:
-        raise TrajectoryMismatch(f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
-                         f"{kind}: invert with the same model")
+        raise TrajectoryMismatch(
+            f"trajectory: it was made with a {trajectory.model_kind} model, this sampler's model is "
+            f"{kind}: invert with the same model"
+        )
     shape, want = tuple(latent.shape), trajectory.latent_shape
     if shape[1:] != want[1:] or want[0] not in (1, shape[0]):
-        raise TrajectoryMismatch(f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
-                         "invert a latent of the same size (upscale the prior to this size first)")
+        raise TrajectoryMismatch(
+            f"trajectory: it holds latents of shape {list(want)}, the latent here is {list(shape)}: "
+            "invert a latent of the same size (upscale the prior to this size first)"
+        )
     if first_sigma > trajectory.sigma_max * (1 + 1e-4) + 1e-6:
-        raise TrajectoryMismatch(f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
-                         f"sigma {first_sigma:.4g}: invert with the same steps and scheduler and at least this "
-                         "fraction")
+        raise TrajectoryMismatch(
+            f"trajectory: it reaches sigma {trajectory.sigma_max:.4g} but the first guided step is at "
+            f"sigma {first_sigma:.4g}: invert with the same steps and scheduler and at least this "
+            "fraction"
+        )
 
 
 def progress(model, steps: int):
@@ -205,12 +256,30 @@ def progress(model, steps: int):
 
 
 def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
-    return comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                   scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+    return comfy.samplers.KSampler(
+        model,
+        steps=steps,
+        device=model.load_device,
+        sampler=sampler_name,
+        scheduler=scheduler,
+        denoise=denoise,
+        model_options=model.model_options,
+    ).sigmas
 
 
-def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
-           latent: dict, denoise: float = 1.0, plan: GuidancePlan | None = None) -> dict:
+def sample(
+    model,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive,
+    negative,
+    latent: dict,
+    denoise: float = 1.0,
+    plan: GuidancePlan | None = None,
+) -> dict:
     """nodes.common_ksampler with KSampler's sigmas handed to comfy.sample.sample_custom, so that a plan can swap
     in the guided sampler (and, with start_from_trajectory, the start latent). Without a plan, or with gamma 0 or
     fraction 0, this is exactly ComfyUI's KSampler."""
@@ -227,7 +296,18 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
             latent_image = model.model.process_latent_out(start.clone()).to(latent_image)
             noise = torch.zeros_like(latent_image)
     callback, disable_pbar = progress(model, steps)
-    samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
-                                         noise_mask=latent.get("noise_mask"), callback=callback,
-                                         disable_pbar=disable_pbar, seed=seed)
+    samples = comfy.sample.sample_custom(
+        model,
+        noise,
+        cfg,
+        sampler,
+        sigmas,
+        positive,
+        negative,
+        latent_image,
+        noise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=disable_pbar,
+        seed=seed,
+    )
     return {**latent, "samples": samples}

@@ -14,9 +14,13 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def invert_euler(denoise: Denoiser, x0: torch.Tensor, sigmas: torch.Tensor,
-                 on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                 refine: int = 0) -> torch.Tensor:
+def invert_euler(
+    denoise: Denoiser,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    refine: int = 0,
+) -> torch.Tensor:
     """Walk x0 (taken to sit at sigmas[0] > 0) up the ascending sigmas. Returns [T, B, C, H, W]: the state at
     every sigma, states[0] = x0. on_step(i, denoised, x) runs after each step's first model evaluation.
 

@@ -39,8 +39,9 @@ def parse_boxes(text: str) -> list[tuple[str, Box]]:
 
 def boxes_from_layout(layout: RegionLayout) -> list[tuple[str, Box]]:
     """Each region with a non-empty mask and a prompt, as (prompt, its mask's bounding box)."""
-    return [(prompt, box) for prompt, box in zip(layout.prompts(), layout.boxes())
-            if box is not None and prompt.strip()]
+    return [
+        (prompt, box) for prompt, box in zip(layout.prompts(), layout.boxes()) if box is not None and prompt.strip()
+    ]
 
 
 def box_mask(boxes: list[tuple[str, Box]], height: int, width: int) -> torch.Tensor:
@@ -50,7 +51,7 @@ def box_mask(boxes: list[tuple[str, Box]], height: int, width: int) -> torch.Ten
     for _, (x, y, w, h) in boxes:
         x0, y0 = round(x * width * 8), round(y * height * 8)
         x1, y1 = round((x + w) * width * 8), round((y + h) * height * 8)
-        fine[..., y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = 1
+        fine[..., y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)] = 1
     return F.avg_pool2d(fine, 8)[0, 0]
 
 
@@ -58,14 +59,17 @@ def check_boxes(boxes: list[tuple[str, Box]], source: str) -> None:
     if not boxes:
         raise ValueError(f"{source}: no boxes: draw at least one region with a prompt (or give `x y w h: phrase`)")
     if len(boxes) > GLIGEN_MAX_BOXES:
-        raise ValueError(f"{source}: {len(boxes)} boxes, GLIGEN takes at most {GLIGEN_MAX_BOXES}: "
-                         "merge or remove regions")
+        raise ValueError(
+            f"{source}: {len(boxes)} boxes, GLIGEN takes at most {GLIGEN_MAX_BOXES}: merge or remove regions"
+        )
     for phrase, (x, y, w, h) in boxes:
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
             raise ValueError(f"{source}: box {phrase!r} has no area ({x}, {y}, {w}, {h}): give a positive w and h")
         if x < -1e-6 or y < -1e-6 or x + w > 1 + 1e-6 or y + h > 1 + 1e-6:
-            raise ValueError(f"{source}: box {phrase!r} ({x}, {y}, {w}, {h}) lies outside the image: "
-                             "keep x, y >= 0 and x + w, y + h <= 1")
+            raise ValueError(
+                f"{source}: box {phrase!r} ({x}, {y}, {w}, {h}) lies outside the image: "
+                "keep x, y >= 0 and x + w, y + h <= 1"
+            )
 
 
 def gligen_position(box: Box, width: int, height: int) -> tuple[int, int, int, int]:

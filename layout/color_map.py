@@ -11,9 +11,17 @@ import torch.nn.functional as F
 from .regions import MAX_REGIONS, Region, RegionLayout
 
 
-def layout_from_color_map(image: torch.Tensor, prompts: list[str], *, width: int, height: int, tolerance: int = 16,
-                          base_prompt: str = "", background_prompt: str = "",
-                          input_name: str = "color_map") -> RegionLayout:
+def layout_from_color_map(
+    image: torch.Tensor,
+    prompts: list[str],
+    *,
+    width: int,
+    height: int,
+    tolerance: int = 16,
+    base_prompt: str = "",
+    background_prompt: str = "",
+    input_name: str = "color_map",
+) -> RegionLayout:
     """One region per distinct colour of a segmentation map ([H, W, 3] or [1, H, W, 3] in 0..1).
 
     Colours within `tolerance` (0..255, per channel) of a region's first colour join that region; regions are
@@ -39,12 +47,16 @@ def layout_from_color_map(image: torch.Tensor, prompts: list[str], *, width: int
             raise ValueError(f"{input_name}: more than {MAX_REGIONS} colours; raise the tolerance or use a PNG map")
     regions_of = [i for i, c in enumerate(centres) if int(c.max()) > tolerance]  # black (within tolerance) = none
     if len(regions_of) != len(prompts):
-        raise ValueError(f"{input_name}: the map has {len(regions_of)} colours (besides black) but there are "
-                         f"{len(prompts)} prompts; give one prompt per line per colour, in reading order")
+        raise ValueError(
+            f"{input_name}: the map has {len(regions_of)} colours (besides black) but there are "
+            f"{len(prompts)} prompts; give one prompt per line per colour, in reading order"
+        )
     labels = cluster[inverse].reshape(image.shape[:2])
     masks = torch.stack([(labels == i).float() for i in regions_of]) if regions_of else torch.zeros(0, *labels.shape)
     if masks.shape[-2:] != (height, width) and masks.shape[0]:
         masks = F.interpolate(masks[:, None], size=(height, width), mode="nearest-exact")[:, 0]
-    regions = tuple(Region(prompt=p, mask=m.contiguous(), color="#%02x%02x%02x" % tuple(centres[i].tolist()))
-                    for p, m, i in zip(prompts, masks, regions_of))
+    regions = tuple(
+        Region(prompt=p, mask=m.contiguous(), color="#%02x%02x%02x" % tuple(centres[i].tolist()))
+        for p, m, i in zip(prompts, masks, regions_of)
+    )
     return RegionLayout(width, height, regions, base_prompt, background_prompt)

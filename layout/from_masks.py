@@ -20,8 +20,16 @@ def resize_masks(masks: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def layout_from_masks(masks: torch.Tensor, prompts: list[str], *, width: int, height: int, base_prompt: str = "",
-                      background_prompt: str = "", feather: float = 0.0) -> RegionLayout:
+def layout_from_masks(
+    masks: torch.Tensor,
+    prompts: list[str],
+    *,
+    width: int,
+    height: int,
+    base_prompt: str = "",
+    background_prompt: str = "",
+    feather: float = 0.0,
+) -> RegionLayout:
     """One region per mask, in order; masks are resized to width x height and clamped to [0, 1]."""
     if masks.ndim == 2:
         masks = masks[None]

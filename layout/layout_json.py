@@ -170,8 +170,9 @@ def _decode_mask(check: _Checker, raw, where: str) -> torch.Tensor:
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
         if max(image.size) > MAX_MASK_SIDE:
-            raise check.fail(where, f"embedded mask is {image.size[0]}x{image.size[1]}; at most "
-                                    f"{MAX_MASK_SIDE} px per side")
+            raise check.fail(
+                where, f"embedded mask is {image.size[0]}x{image.size[1]}; at most {MAX_MASK_SIDE} px per side"
+            )
         grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     except (binascii.Error, OSError, Image.DecompressionBombError) as err:
         raise check.fail(where, f"cannot decode the embedded mask ({err})") from None
@@ -201,11 +202,15 @@ def _parse_region(check: _Checker, raw, where: str, width: int | None, height: i
         name=check.text(raw.get("name"), f"{where}.name", 200),
         color=color.lower(),
         feather=check.number(raw.get("feather", 0.0), f"{where}.feather", lo=0.0, hi=MAX_FEATHER),
-        hidden=hidden, mask=mask, shapes=tuple(shapes))
+        hidden=hidden,
+        mask=mask,
+        shapes=tuple(shapes),
+    )
 
 
-def parse_layout_json(text: str, input_name: str = "editor_state",
-                      default_size: tuple[int, int] | None = None) -> LayoutSpec:
+def parse_layout_json(
+    text: str, input_name: str = "editor_state", default_size: tuple[int, int] | None = None
+) -> LayoutSpec:
     """Parse and validate the JSON; every error is a ValueError naming `input_name` and the bad field.
 
     Pixel boxes are read against the JSON's width/height, else `default_size` (the node's widgets)."""
@@ -231,5 +236,10 @@ def parse_layout_json(text: str, input_name: str = "editor_state",
         raise check.fail("regions", f"{len(regions)} regions; at most {MAX_REGIONS} are supported")
     prompts = {k: check.text(raw[k], k) if k in raw else None for k in ("base_prompt", "background_prompt")}
     box_size = [given or fallback for given, fallback in zip(size, default_size or (None, None))]
-    return LayoutSpec(tuple(_parse_region(check, r, f"regions[{i}]", *box_size) for i, r in enumerate(regions)),
-                      size[0], size[1], prompts["base_prompt"], prompts["background_prompt"])
+    return LayoutSpec(
+        tuple(_parse_region(check, r, f"regions[{i}]", *box_size) for i, r in enumerate(regions)),
+        size[0],
+        size[1],
+        prompts["base_prompt"],
+        prompts["background_prompt"],
+    )

@@ -16,7 +16,7 @@ def region_color(index: int, color: str = "") -> tuple[float, float, float]:
     """The region's own "#rrggbb" colour, else a well-spread hue (golden-ratio steps) for its index."""
     if len(color) == 7 and color.startswith("#"):
         try:
-            return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+            return tuple(int(color[i : i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
         except ValueError:
             pass
     return colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.75, 1.0)

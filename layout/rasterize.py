@@ -38,7 +38,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, width: int, height: int
     radius = diameter / 2
     if len(points) > 1 and diameter >= 1:
         draw.line(points, fill=fill, width=max(1, round(diameter)), joint="curve")
-    for px, py in (points if len(points) == 1 else (points[0], points[-1])):
+    for px, py in points if len(points) == 1 else (points[0], points[-1]):
         draw.ellipse([px - radius + 0.5, py - radius + 0.5, px + radius - 0.5, py + radius - 0.5], fill=fill)
 
 
@@ -55,12 +55,19 @@ def rasterize_region(spec: RegionSpec, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
 
 
-def build_layout(spec: LayoutSpec, width: int, height: int, base_prompt: str = "",
-                 background_prompt: str = "") -> RegionLayout:
+def build_layout(
+    spec: LayoutSpec, width: int, height: int, base_prompt: str = "", background_prompt: str = ""
+) -> RegionLayout:
     """Rasterise every region at width x height; prompts in the JSON win over the given ones."""
     check_layout_size(width, height, len(spec.regions))
-    regions = tuple(Region(prompt=r.prompt, mask=rasterize_region(r, width, height), name=r.name, color=r.color,
-                           feather=r.feather) for r in spec.regions)
-    return RegionLayout(width, height, regions,
-                        base_prompt if spec.base_prompt is None else spec.base_prompt,
-                        background_prompt if spec.background_prompt is None else spec.background_prompt)
+    regions = tuple(
+        Region(prompt=r.prompt, mask=rasterize_region(r, width, height), name=r.name, color=r.color, feather=r.feather)
+        for r in spec.regions
+    )
+    return RegionLayout(
+        width,
+        height,
+        regions,
+        base_prompt if spec.base_prompt is None else spec.base_prompt,
+        background_prompt if spec.background_prompt is None else spec.background_prompt,
+    )

@@ -18,9 +18,11 @@ MAX_MASK_ELEMENTS = 2**29
 
 def check_layout_size(width: int, height: int, count: int) -> None:
     if count * width * height > MAX_MASK_ELEMENTS:
-        raise ValueError(f"{count} regions at {width}x{height} need {count * width * height * 4 / 2**30:.1f} GiB of "
-                         f"masks (at most {MAX_MASK_ELEMENTS * 4 / 2**30:.0f} GiB): use a smaller width/height for "
-                         "the layout (masks are resized to the model's grid anyway) or fewer regions")
+        raise ValueError(
+            f"{count} regions at {width}x{height} need {count * width * height * 4 / 2**30:.1f} GiB of "
+            f"masks (at most {MAX_MASK_ELEMENTS * 4 / 2**30:.0f} GiB): use a smaller width/height for "
+            "the layout (masks are resized to the model's grid anyway) or fewer regions"
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,10 +12,17 @@ import comfy.samplers
 
 def finite(node: str, name: str, value: float, low: float | None = None, high: float | None = None) -> float:
     """`value` of input `name`, if it is a finite number within [low, high]; else a ValueError naming the input."""
-    bounds = f" in [{low}, {high}]" if low is not None and high is not None else (
-        f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
-    if not (isinstance(value, (int, float)) and math.isfinite(value)
-            and (low is None or value >= low) and (high is None or value <= high)):
+    bounds = (
+        f" in [{low}, {high}]"
+        if low is not None and high is not None
+        else (f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
+    )
+    if not (
+        isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (low is None or value >= low)
+        and (high is None or value <= high)
+    ):
         raise ValueError(f"{node}: {name} must be a finite number{bounds}, got {value!r}")
     return value
 

@@ -17,30 +17,52 @@ class GligenLayoutPrior(io.ComfyNode):
             display_name="GLIGEN Layout Prior",
             category=f"{CATEGORY}/lsregen",
             description="Samples a small SD1.x + GLIGEN picture whose objects sit in the layout's boxes: the layout "
-                        "prior LSReGen guides SDXL with. Uses ComfyUI's own GLIGEN position conditioning.",
+            "prior LSReGen guides SDXL with. Uses ComfyUI's own GLIGEN position conditioning.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.x model (GLIGEN textbox weights exist for SD1.4/1.5)."),
                 io.Clip.Input("clip", tooltip="The SD1.x checkpoint's CLIP: encodes the prompt and every phrase."),
                 io.Vae.Input("vae", tooltip="The SD1.x checkpoint's VAE, to decode the prior."),
                 io.Gligen.Input("gligen", tooltip="GLIGEN textbox weights (GLIGENLoader) made for this model."),
-                io.String.Input("prompt", multiline=True, default="",
-                                tooltip="Prompt for the whole prior; empty uses the layout's base prompt followed "
-                                        "by every phrase."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="Prompt for the whole prior; empty uses the layout's base prompt followed by every phrase.",
+                ),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt."),
-                *ksampler_inputs(seed="Noise seed of the prior.", steps="Sampling steps of the prior.",
-                                 cfg="Classifier-free guidance scale of the prior.",
-                                 sampler_name="Sampler of the prior.", scheduler="Scheduler of the prior.",
-                                 steps_default=20, cfg_default=7.5),
-                io.Int.Input("width", default=512, min=64, max=2048, step=8,
-                             tooltip="Prior width in pixels. Boxes keep their fractions of the picture, so a prior "
-                                     "of another aspect ratio is a squeezed layout that ImageScale stretches back."),
+                *ksampler_inputs(
+                    seed="Noise seed of the prior.",
+                    steps="Sampling steps of the prior.",
+                    cfg="Classifier-free guidance scale of the prior.",
+                    sampler_name="Sampler of the prior.",
+                    scheduler="Scheduler of the prior.",
+                    steps_default=20,
+                    cfg_default=7.5,
+                ),
+                io.Int.Input(
+                    "width",
+                    default=512,
+                    min=64,
+                    max=2048,
+                    step=8,
+                    tooltip="Prior width in pixels. Boxes keep their fractions of the picture, so a prior "
+                    "of another aspect ratio is a squeezed layout that ImageScale stretches back.",
+                ),
                 io.Int.Input("height", default=512, min=64, max=2048, step=8, tooltip="Prior height in pixels."),
-                Regions.Input("regions", optional=True,
-                              tooltip="The layout: every region with a prompt becomes a GLIGEN box (its mask's "
-                                      "bounding box) with its prompt as the phrase. At most 30."),
-                io.String.Input("boxes", multiline=True, default="", optional=True,
-                                tooltip="Extra boxes, one per line `x y w h: phrase`, as fractions 0..1 of the "
-                                        "picture (e.g. `0.1 0.2 0.3 0.5: a red car`)."),
+                Regions.Input(
+                    "regions",
+                    optional=True,
+                    tooltip="The layout: every region with a prompt becomes a GLIGEN box (its mask's "
+                    "bounding box) with its prompt as the phrase. At most 30.",
+                ),
+                io.String.Input(
+                    "boxes",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Extra boxes, one per line `x y w h: phrase`, as fractions 0..1 of the "
+                    "picture (e.g. `0.1 0.2 0.3 0.5: a red car`).",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The layout prior picture."),
@@ -49,8 +71,24 @@ class GligenLayoutPrior(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, gligen, prompt, negative, seed, steps, cfg, sampler_name, scheduler,
-                width, height, regions=None, boxes="") -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        gligen,
+        prompt,
+        negative,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        regions=None,
+        boxes="",
+    ) -> io.NodeOutput:
         finite("GLIGEN Layout Prior", "cfg", cfg, low=0.0)
         sampler_and_scheduler("GLIGEN Layout Prior", sampler_name, scheduler)
         with prefix_errors("GLIGEN Layout Prior"):
@@ -62,6 +100,20 @@ class GligenLayoutPrior(io.ComfyNode):
             base = regions.base_prompt.strip() if regions is not None else ""
             prompt = "; ".join([p for p in [base] if p] + [phrase for phrase, _ in phrases])
         with prefix_errors("GLIGEN Layout Prior"):
-            image, latent = sample_prior(model, clip, vae, gligen, phrases, prompt, negative, seed, steps, cfg,
-                                         sampler_name, scheduler, width, height)
+            image, latent = sample_prior(
+                model,
+                clip,
+                vae,
+                gligen,
+                phrases,
+                prompt,
+                negative,
+                seed,
+                steps,
+                cfg,
+                sampler_name,
+                scheduler,
+                width,
+                height,
+            )
         return io.NodeOutput(image, latent)

@@ -18,8 +18,14 @@ class RegionOverlay(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The picture to tint (any size: the masks are resized to it)."),
                 Regions.Input("regions", tooltip="The regions to show."),
-                io.Float.Input("opacity", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="How strongly the region colours cover the image (0 shows the image only)."),
+                io.Float.Input(
+                    "opacity",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="How strongly the region colours cover the image (0 shows the image only).",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The tinted picture.")],
         )

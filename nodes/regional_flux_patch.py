@@ -23,8 +23,10 @@ def model_family(model) -> tuple[ModelFamily, object]:
     if type(diffusion_model) is QwenImageTransformer2DModel:  # Qwen-Image and Qwen-Image-Edit
         return QWEN_IMAGE, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
-    raise ValueError(f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
-                     f"not support yet; connect a model of one of these families: {supported} (UNETLoader)")
+    raise ValueError(
+        f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
+        f"not support yet; connect a model of one of these families: {supported} (UNETLoader)"
+    )
 
 
 def context_width(diffusion_model) -> int:
@@ -43,8 +45,7 @@ def block_sets(family: ModelFamily, diffusion_model, double_blocks: str, single_
     for kind, text in (("double", double_blocks), ("single", single_blocks)):
         if kind not in counts:
             if text.strip().lower() not in ("", "all", "*", "none"):
-                raise ValueError(f"{kind}_blocks: {family.name} has no {kind}-stream blocks; set it to 'all' or "
-                                 "'none'")
+                raise ValueError(f"{kind}_blocks: {family.name} has no {kind}-stream blocks; set it to 'all' or 'none'")
             chosen[kind] = frozenset()
         else:
             chosen[kind] = parse_blocks(text, counts[kind], f"{kind}_blocks")
@@ -59,49 +60,83 @@ class RegionalFluxPatch(io.ComfyNode):
             display_name="Regional FLUX Patch",
             category=f"{CATEGORY}/flux",
             description="Regional Prompting for FLUX (arXiv 2411.02395): in the chosen blocks of the first "
-                        "control steps, each region's image follows its own prompt. Works on a copy of the model; "
-                        "the negative prompt and the other steps run plain FLUX.",
+            "control steps, each region's image follows its own prompt. Works on a copy of the model; "
+            "the negative prompt and the other steps run plain FLUX.",
             inputs=[
-                io.Model.Input("model", tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma or Qwen-Image model "
-                                                "(LoRAs may be applied before)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma or Qwen-Image model "
+                    "(LoRAs may be applied before).",
+                ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
-                io.Float.Input("base_ratio", default=0.2, min=0.0, max=1.0, step=0.05,
-                               tooltip="Share of the base prompt in the image attention (beta): smaller means "
-                                       "stronger regions, 1 turns regions off, 0 is also the fastest (no base "
-                                       "attention for the image). Paper: 0.1-0.3."),
-                io.Int.Input("control_steps", default=10, min=0, max=10000,
-                             tooltip="How many of the first sampling steps are regional (a step count; later "
-                                     "steps are plain FLUX). Paper: 5-10 of 24; more means stronger regions."),
-                io.String.Input("double_blocks", default="all",
-                                tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-7,12' (FLUX.1 has 19, Qwen-Image 60, numbered from 0). In the "
-                                        "other blocks the region prompts still take part, without the mask (the "
-                                        "paper's code)."),
-                io.String.Input("single_blocks", default="all",
-                                tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-37' (FLUX.1 has 38, numbered from 0; Qwen-Image has none). In the "
-                                        "other blocks the region prompts still take part, without the mask (the "
-                                        "paper's code)."),
-                io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
-                               tooltip="Soften every region's edge by this many pixels (uses the exact dense "
-                                       "attention path, which is slower)."),
+                io.Float.Input(
+                    "base_ratio",
+                    default=0.2,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Share of the base prompt in the image attention (beta): smaller means "
+                    "stronger regions, 1 turns regions off, 0 is also the fastest (no base "
+                    "attention for the image). Paper: 0.1-0.3.",
+                ),
+                io.Int.Input(
+                    "control_steps",
+                    default=10,
+                    min=0,
+                    max=10000,
+                    tooltip="How many of the first sampling steps are regional (a step count; later "
+                    "steps are plain FLUX). Paper: 5-10 of 24; more means stronger regions.",
+                ),
+                io.String.Input(
+                    "double_blocks",
+                    default="all",
+                    tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
+                    "like '0-7,12' (FLUX.1 has 19, Qwen-Image 60, numbered from 0). In the "
+                    "other blocks the region prompts still take part, without the mask (the "
+                    "paper's code).",
+                ),
+                io.String.Input(
+                    "single_blocks",
+                    default="all",
+                    tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
+                    "like '0-37' (FLUX.1 has 38, numbered from 0; Qwen-Image has none). In the "
+                    "other blocks the region prompts still take part, without the mask (the "
+                    "paper's code).",
+                ),
+                io.Float.Input(
+                    "feather",
+                    default=0.0,
+                    min=0.0,
+                    max=256.0,
+                    step=1.0,
+                    tooltip="Soften every region's edge by this many pixels (uses the exact dense "
+                    "attention path, which is slower).",
+                ),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
         )
 
     @classmethod
-    def execute(cls, model, regional_cond, base_ratio, control_steps, double_blocks, single_blocks,
-                feather) -> io.NodeOutput:
+    def execute(
+        cls, model, regional_cond, base_ratio, control_steps, double_blocks, single_blocks, feather
+    ) -> io.NodeOutput:
         finite("Regional FLUX Patch", "base_ratio", base_ratio, 0.0, 1.0)
         finite("Regional FLUX Patch", "feather", feather, 0.0, 256.0)
         family, diffusion_model = model_family(model)
         width = context_width(diffusion_model)
         if regional_cond.width != width:
-            raise ValueError(f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "
-                             f"{width}: encode the regions with the {family.name} text encoder "
-                             f"({family.text_encoder_hint})")
+            raise ValueError(
+                f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "
+                f"{width}: encode the regions with the {family.name} text encoder "
+                f"({family.text_encoder_hint})"
+            )
         with prefix_errors("Regional FLUX Patch"):
             double, single = block_sets(family, diffusion_model, double_blocks, single_blocks)
-            options = RegionalFluxOptions(beta=float(base_ratio), control_steps=int(control_steps),
-                                          double_blocks=double, single_blocks=single, feather=float(feather))
+            options = RegionalFluxOptions(
+                beta=float(base_ratio),
+                control_steps=int(control_steps),
+                double_blocks=double,
+                single_blocks=single,
+                feather=float(feather),
+            )
         return io.NodeOutput(apply_regional_flux(model, regional_cond, options, family))

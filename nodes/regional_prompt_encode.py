@@ -16,21 +16,27 @@ class RegionalPromptEncode(io.ComfyNode):
             display_name="Regional Prompt Encode (FLUX)",
             category=f"{CATEGORY}/flux",
             description="Encodes the layout's base prompt (for the sampler) and each region's prompt (for the "
-                        "Regional FLUX Patch) with the FLUX text encoder. Each region's prompt is encoded as that prompt "
-                        "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens, so regions never "
-                        "change each other's embeddings; regions without a prompt or with an empty mask are "
-                        "skipped with a warning.",
+            "Regional FLUX Patch) with the FLUX text encoder. Each region's prompt is encoded as that prompt "
+            "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens, so regions never "
+            "change each other's embeddings; regions without a prompt or with an empty mask are "
+            "skipped with a warning.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader, type flux)."),
-                Regions.Input("regions", tooltip="Masks and prompts of the regions, with the base prompt and the "
-                                                 "background prompt (e.g. from Regions From Masks)."),
+                Regions.Input(
+                    "regions",
+                    tooltip="Masks and prompts of the regions, with the base prompt and the "
+                    "background prompt (e.g. from Regions From Masks).",
+                ),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="conditioning",
-                                       tooltip="The base prompt, encoded like CLIP Text Encode: the positive input "
-                                               "of the sampler (add FluxGuidance as usual)."),
-                RegionalCond.Output(display_name="regional_cond",
-                                    tooltip="Region embeddings and masks, for the Regional FLUX Patch."),
+                io.Conditioning.Output(
+                    display_name="conditioning",
+                    tooltip="The base prompt, encoded like CLIP Text Encode: the positive input "
+                    "of the sampler (add FluxGuidance as usual).",
+                ),
+                RegionalCond.Output(
+                    display_name="regional_cond", tooltip="Region embeddings and masks, for the Regional FLUX Patch."
+                ),
             ],
         )
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-SEED_MAX = 0xffffffffffffffff
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 def seed_input(tooltip: str, control_after_generate: bool | None = True) -> io.Int.Input:
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=control_after_generate,
-                        tooltip=tooltip)
+    return io.Int.Input(
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=control_after_generate, tooltip=tooltip
+    )
 
 
 def steps_input(tooltip: str, default: int = 30) -> io.Int.Input:
@@ -31,11 +32,24 @@ def scheduler_input(tooltip: str) -> io.Combo.Input:
     return io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal", tooltip=tooltip)
 
 
-def ksampler_inputs(*, seed: str, steps: str, cfg: str, sampler_name: str, scheduler: str, steps_default: int = 30,
-                    cfg_default: float = 7.0) -> list[io.Input]:
+def ksampler_inputs(
+    *,
+    seed: str,
+    steps: str,
+    cfg: str,
+    sampler_name: str,
+    scheduler: str,
+    steps_default: int = 30,
+    cfg_default: float = 7.0,
+) -> list[io.Input]:
     """seed, steps, cfg, sampler_name, scheduler in KSampler's order; each keyword is that input's tooltip."""
-    return [seed_input(seed), steps_input(steps, steps_default), cfg_input(cfg, cfg_default),
-            sampler_name_input(sampler_name), scheduler_input(scheduler)]
+    return [
+        seed_input(seed),
+        steps_input(steps, steps_default),
+        cfg_input(cfg, cfg_default),
+        sampler_name_input(sampler_name),
+        scheduler_input(scheduler),
+    ]
 
 
 def guidance_fraction_input(tooltip: str) -> io.Float.Input:

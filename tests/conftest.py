@@ -96,8 +96,9 @@ def artifacts() -> Path:
 def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = ()):
     from rl_devkit.server import ComfyServer
 
-    return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags,
-                       extra_custom_nodes=extra_custom_nodes).start()
+    return ComfyServer(
+        COMFYUI, REPO, tiny_models, extra_flags=extra_flags, extra_custom_nodes=extra_custom_nodes
+    ).start()
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.server
 @dataclass(frozen=True)
 class Case:
     name: str
-    base: str                       # which valid prompt it breaks
-    node: str                       # class_type of the node whose input is wrong
+    base: str  # which valid prompt it breaks
+    node: str  # class_type of the node whose input is wrong
     inputs: frozenset[str] | set[str]  # an error must name one of these (input names)
     change: Callable[[dict, str], None]  # (prompt, id of `node`) -> None, edits the prompt in place
 
@@ -41,19 +41,23 @@ def node_id(prompt: dict, class_type: str) -> str:
 def set_input(name: str, value) -> Callable[[dict, str], None]:
     def change(prompt: dict, nid: str) -> None:
         prompt[nid]["inputs"][name] = value
+
     return change
 
 
 def drop_input(name: str) -> Callable[[dict, str], None]:
     def change(prompt: dict, nid: str) -> None:
         del prompt[nid]["inputs"][name]
+
     return change
 
 
 def link_input(name: str, class_type: str, output: int = 0) -> Callable[[dict, str], None]:
     """Connect input `name` to output `output` of the first node of `class_type` (a wrong-type link)."""
+
     def change(prompt: dict, nid: str) -> None:
         prompt[nid]["inputs"][name] = [node_id(prompt, class_type), output]
+
     return change
 
 
@@ -61,11 +65,13 @@ def add_node_and_link(name: str, class_type: str, inputs: dict) -> Callable[[dic
     def change(prompt: dict, nid: str) -> None:
         prompt["extra"] = {"class_type": class_type, "inputs": inputs}
         prompt[nid]["inputs"][name] = ["extra", 0]
+
     return change
 
 
 def repeat_masks(count: int) -> Callable[[dict, str], None]:
     """Feed RL_RegionsFromMasks `count` copies of its first mask, with as many prompts."""
+
     def change(prompt: dict, nid: str) -> None:
         first_mask = next(k for k, v in prompt.items() if v["class_type"] == "MaskComposite")
         prompt["as_image"] = {"class_type": "MaskToImage", "inputs": {"mask": [first_mask, 0]}}
@@ -73,6 +79,7 @@ def repeat_masks(count: int) -> Callable[[dict, str], None]:
         prompt["masks"] = {"class_type": "ImageToMask", "inputs": {"image": ["repeated", 0], "channel": "red"}}
         prompt[nid]["inputs"]["masks"] = ["masks", 0]
         prompt[nid]["inputs"]["prompts"] = "\n".join(f"thing {i}" for i in range(count))
+
     return change
 
 
@@ -83,7 +90,12 @@ def editor_state(regions: list[dict] | None = None, **extra) -> str:
 RECT = {"type": "rect", "x": 0.1, "y": 0.1, "w": 0.3, "h": 0.3}
 NAN = float("nan")
 FLUX, LAYOUT, LSREGEN, COLORMAP = "regional_flux", "layout", "lsregen", "color_map"
-MASKS, OVERLAY, ENCODE, PATCH = "RL_RegionsFromMasks", "RL_RegionOverlay", "RL_RegionalPromptEncode", "RL_RegionalFluxPatch"
+MASKS, OVERLAY, ENCODE, PATCH = (
+    "RL_RegionsFromMasks",
+    "RL_RegionOverlay",
+    "RL_RegionalPromptEncode",
+    "RL_RegionalFluxPatch",
+)
 EDITOR, FROM_COLORS = "RL_RegionLayout", "RL_RegionsFromColorMap"
 PRIOR, INVERSION, GUIDED = "RL_GligenLayoutPrior", "RL_LatentInversion", "RL_BackwardGuidanceKSampler"
 
@@ -99,8 +111,13 @@ CASES = [
     Case("masks-missing", FLUX, MASKS, {"masks"}, drop_input("masks")),
     Case("masks-300-regions", FLUX, MASKS, {"masks", "regions"}, repeat_masks(300)),
     # ComfyUI reports a dangling link on the node but without the input's name: the node is all we can ask for.
-    Case("masks-layout-too-large", FLUX, MASKS, {"width/height", "regions"},
-         lambda p, nid: (repeat_masks(4)(p, nid), p[nid]["inputs"].update(width=16384, height=16384))),
+    Case(
+        "masks-layout-too-large",
+        FLUX,
+        MASKS,
+        {"width/height", "regions"},
+        lambda p, nid: (repeat_masks(4)(p, nid), p[nid]["inputs"].update(width=16384, height=16384)),
+    ),
     Case("masks-link-to-nowhere", FLUX, MASKS, frozenset(), set_input("masks", ["no_such_node", 0])),
     # Region Overlay
     Case("overlay-opacity-2", FLUX, OVERLAY, {"opacity"}, set_input("opacity", 2.0)),
@@ -109,23 +126,61 @@ CASES = [
     Case("overlay-image-missing", FLUX, OVERLAY, {"image"}, drop_input("image")),
     # Region Layout (editor)
     Case("editor-broken-json", LAYOUT, EDITOR, {"editor_state"}, set_input("editor_state", "{not json")),
-    Case("editor-version-99", LAYOUT, EDITOR, {"editor_state"},
-         set_input("editor_state", json.dumps({"version": 99, "regions": []}))),
-    Case("editor-300-regions", LAYOUT, EDITOR, {"editor_state"},
-         set_input("editor_state", editor_state([{"prompt": f"r{i}", "shapes": [RECT]} for i in range(300)]))),
-    Case("editor-nan-coordinate", LAYOUT, EDITOR, {"editor_state"},
-         set_input("editor_state", editor_state([{"prompt": "r", "shapes": [{**RECT, "x": NAN}]}]))),
-    Case("editor-zero-area-box", LAYOUT, EDITOR, {"editor_state"},
-         set_input("editor_state", editor_state([{"prompt": "r", "box": [10, 10, 0, 0]}]))),
+    Case(
+        "editor-version-99",
+        LAYOUT,
+        EDITOR,
+        {"editor_state"},
+        set_input("editor_state", json.dumps({"version": 99, "regions": []})),
+    ),
+    Case(
+        "editor-300-regions",
+        LAYOUT,
+        EDITOR,
+        {"editor_state"},
+        set_input("editor_state", editor_state([{"prompt": f"r{i}", "shapes": [RECT]} for i in range(300)])),
+    ),
+    Case(
+        "editor-nan-coordinate",
+        LAYOUT,
+        EDITOR,
+        {"editor_state"},
+        set_input("editor_state", editor_state([{"prompt": "r", "shapes": [{**RECT, "x": NAN}]}])),
+    ),
+    Case(
+        "editor-zero-area-box",
+        LAYOUT,
+        EDITOR,
+        {"editor_state"},
+        set_input("editor_state", editor_state([{"prompt": "r", "box": [10, 10, 0, 0]}])),
+    ),
     Case("editor-not-an-object", LAYOUT, EDITOR, {"editor_state"}, set_input("editor_state", "[1, 2, 3]")),
-    Case("editor-oversized", LAYOUT, EDITOR, {"editor_state"},
-         set_input("editor_state", editor_state([{"prompt": "x" * 17_000_000, "shapes": [RECT]}]))),
-    Case("editor-layout-too-large", LAYOUT, EDITOR, {"width/height", "regions"},
-         lambda p, nid: p[nid]["inputs"].update(width=16384, height=16384, editor_state=editor_state(
-             [{"prompt": f"r{i}", "shapes": [RECT]} for i in range(3)]))),
+    Case(
+        "editor-oversized",
+        LAYOUT,
+        EDITOR,
+        {"editor_state"},
+        set_input("editor_state", editor_state([{"prompt": "x" * 17_000_000, "shapes": [RECT]}])),
+    ),
+    Case(
+        "editor-layout-too-large",
+        LAYOUT,
+        EDITOR,
+        {"width/height", "regions"},
+        lambda p, nid: p[nid]["inputs"].update(
+            width=16384,
+            height=16384,
+            editor_state=editor_state([{"prompt": f"r{i}", "shapes": [RECT]} for i in range(3)]),
+        ),
+    ),
     Case("editor-width-8", LAYOUT, EDITOR, {"width"}, set_input("width", 8)),
-    Case("editor-layout-json-broken", LAYOUT, EDITOR, {"layout_json"},
-         add_node_and_link("layout_json", "PrimitiveString", {"value": "{broken"})),
+    Case(
+        "editor-layout-json-broken",
+        LAYOUT,
+        EDITOR,
+        {"layout_json"},
+        add_node_and_link("layout_json", "PrimitiveString", {"value": "{broken"}),
+    ),
     # Regions From Color Map
     Case("colormap-too-few-prompts", COLORMAP, FROM_COLORS, {"prompts", "color_map"}, set_input("prompts", "")),
     Case("colormap-tolerance-huge", COLORMAP, FROM_COLORS, {"tolerance"}, set_input("tolerance", 10_000)),
@@ -134,8 +189,13 @@ CASES = [
     Case("encode-clip-is-model", FLUX, ENCODE, {"clip"}, link_input("clip", "UNETLoader")),
     Case("encode-regions-is-mask", FLUX, ENCODE, {"regions"}, link_input("regions", "MaskComposite")),
     Case("encode-regions-missing", FLUX, ENCODE, {"regions"}, drop_input("regions")),
-    Case("encode-no-prompt", FLUX, MASKS, {"regions", "prompt"},
-         lambda p, nid: (set_input("prompts", " \n ")(p, nid), set_input("background_prompt", "")(p, nid))),
+    Case(
+        "encode-no-prompt",
+        FLUX,
+        MASKS,
+        {"regions", "prompt"},
+        lambda p, nid: (set_input("prompts", " \n ")(p, nid), set_input("background_prompt", "")(p, nid)),
+    ),
     # Regional FLUX Patch
     Case("patch-beta-1.5", FLUX, PATCH, {"base_ratio"}, set_input("base_ratio", 1.5)),
     Case("patch-beta-nan", FLUX, PATCH, {"base_ratio"}, set_input("base_ratio", NAN)),
@@ -143,18 +203,41 @@ CASES = [
     Case("patch-single-blocks-range", FLUX, PATCH, {"single_blocks"}, set_input("single_blocks", "0-99")),
     Case("patch-every-0", FLUX, PATCH, {"double_blocks"}, set_input("double_blocks", "every 0")),
     Case("patch-control-steps-negative", FLUX, PATCH, {"control_steps"}, set_input("control_steps", -1)),
-    Case("patch-sdxl-model", FLUX, PATCH, {"model"},
-         add_node_and_link("model", "CheckpointLoaderSimple", {"ckpt_name": graphs.SDXL})),
+    Case(
+        "patch-sdxl-model",
+        FLUX,
+        PATCH,
+        {"model"},
+        add_node_and_link("model", "CheckpointLoaderSimple", {"ckpt_name": graphs.SDXL}),
+    ),
     Case("patch-cond-is-conditioning", FLUX, PATCH, {"regional_cond"}, link_input("regional_cond", ENCODE, 0)),
-    Case("patch-video-latent", FLUX, "KSampler", {"latent"},
-         lambda p, nid: p[node_id(p, "EmptySD3LatentImage")].update(
-             class_type="EmptyHunyuanLatentVideo", inputs={"width": 64, "height": 64, "length": 9, "batch_size": 1})),
+    Case(
+        "patch-video-latent",
+        FLUX,
+        "KSampler",
+        {"latent"},
+        lambda p, nid: p[node_id(p, "EmptySD3LatentImage")].update(
+            class_type="EmptyHunyuanLatentVideo", inputs={"width": 64, "height": 64, "length": 9, "batch_size": 1}
+        ),
+    ),
     # GLIGEN Layout Prior
-    Case("prior-31-boxes", LSREGEN, PRIOR, {"boxes", "regions"},
-         lambda p, nid: (p[nid]["inputs"].pop("regions"),
-                         set_input("boxes", "\n".join(f"0.1 0.1 0.2 0.2: thing {i}" for i in range(31)))(p, nid))),
-    Case("prior-boxes-garbage", LSREGEN, PRIOR, {"boxes"},
-         lambda p, nid: (p[nid]["inputs"].pop("regions"), set_input("boxes", "a,b,c")(p, nid))),
+    Case(
+        "prior-31-boxes",
+        LSREGEN,
+        PRIOR,
+        {"boxes", "regions"},
+        lambda p, nid: (
+            p[nid]["inputs"].pop("regions"),
+            set_input("boxes", "\n".join(f"0.1 0.1 0.2 0.2: thing {i}" for i in range(31)))(p, nid),
+        ),
+    ),
+    Case(
+        "prior-boxes-garbage",
+        LSREGEN,
+        PRIOR,
+        {"boxes"},
+        lambda p, nid: (p[nid]["inputs"].pop("regions"), set_input("boxes", "a,b,c")(p, nid)),
+    ),
     Case("prior-sdxl-model", LSREGEN, PRIOR, {"model"}, set_input("model", ["sdxl", 0])),
     Case("prior-width-32", LSREGEN, PRIOR, {"width"}, set_input("width", 32)),
     Case("prior-steps-0", LSREGEN, PRIOR, {"steps"}, set_input("steps", 0)),
@@ -170,10 +253,20 @@ CASES = [
     Case("guided-scale-nan", LSREGEN, GUIDED, {"guidance_scale"}, set_input("guidance_scale", NAN)),
     Case("guided-feature-unknown", LSREGEN, GUIDED, {"feature"}, set_input("feature", "unknown")),
     Case("guided-trajectory-missing", LSREGEN, GUIDED, {"trajectory"}, drop_input("trajectory")),
-    Case("guided-other-size", LSREGEN, GUIDED, {"trajectory"},
-         add_node_and_link("latent_image", "EmptyLatentImage", {"width": 64, "height": 96, "batch_size": 1})),
-    Case("guided-masked-without-regions", LSREGEN, GUIDED, {"regions"},
-         lambda p, nid: (p[nid]["inputs"].pop("regions"), set_input("feature", "masked")(p, nid))),
+    Case(
+        "guided-other-size",
+        LSREGEN,
+        GUIDED,
+        {"trajectory"},
+        add_node_and_link("latent_image", "EmptyLatentImage", {"width": 64, "height": 96, "batch_size": 1}),
+    ),
+    Case(
+        "guided-masked-without-regions",
+        LSREGEN,
+        GUIDED,
+        {"regions"},
+        lambda p, nid: (p[nid]["inputs"].pop("regions"), set_input("feature", "masked")(p, nid)),
+    ),
 ]
 
 
@@ -189,8 +282,16 @@ def base_prompt(kind: str) -> dict:
     if kind == COLORMAP:
         g = graphs.graph()
         red = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0xFF0000)
-        node = g.node("RL_RegionsFromColorMap", color_map=red.out(0), prompts="a red thing", tolerance=16,
-                      width=64, height=64, base_prompt="", background_prompt="")
+        node = g.node(
+            "RL_RegionsFromColorMap",
+            color_map=red.out(0),
+            prompts="a red thing",
+            tolerance=16,
+            width=64,
+            height=64,
+            base_prompt="",
+            background_prompt="",
+        )
         g.node("SolidMask", value=1.0, width=8, height=8)  # a MASK output for the wrong-link case
         g.node("PreviewImage", images=node.out(2))
         return g.finalize()
@@ -244,20 +345,26 @@ def test_bad_inputs_get_clear_node_errors_and_the_server_recovers(fresh_server):
         except PromptRejected as rejected:  # validation failed for every output
             errors, text = rejected.node_errors, rejected.text()
         if errors:  # validation: the error is keyed by node (the other outputs may still have run)
-            hit = [nid for nid, err in errors.items()
-                   if prompt.get(nid, {}).get("class_type") == case.node
-                   and (not case.inputs or names_input(error_text(err), case.inputs))]
+            hit = [
+                nid
+                for nid, err in errors.items()
+                if prompt.get(nid, {}).get("class_type") == case.node
+                and (not case.inputs or names_input(error_text(err), case.inputs))
+            ]
             if not hit:
-                failures.append(f"{case.name}: rejected without naming {sorted(case.inputs)} on {case.node}: "
-                                f"{text[:300]}")
+                failures.append(
+                    f"{case.name}: rejected without naming {sorted(case.inputs)} on {case.node}: {text[:300]}"
+                )
             continue
         if result.status != "error":
             failures.append(f"{case.name}: ran to {result.status}")
             continue
         err = result.error
         if err.get("node_type") != case.node or not names_input(err.get("exception_message", ""), case.inputs):
-            failures.append(f"{case.name}: error in {err.get('node_type')} does not name {sorted(case.inputs)}: "
-                            f"{err.get('exception_message', '')[:300]}")
+            failures.append(
+                f"{case.name}: error in {err.get('node_type')} does not name {sorted(case.inputs)}: "
+                f"{err.get('exception_message', '')[:300]}"
+            )
         elif len(err.get("exception_message", "")) > 400:
             failures.append(f"{case.name}: error message too long ({len(err['exception_message'])} chars)")
         assert server.alive, f"the server died on {case.name}"
@@ -268,9 +375,15 @@ def test_bad_inputs_get_clear_node_errors_and_the_server_recovers(fresh_server):
 def test_broken_request_bodies_are_refused_and_the_server_stays_up(fresh_server):
     server = fresh_server
     codes = {}
-    for body in (b"{not json", b'{"prompt": "a string"}', b'{"prompt": {"1": {"class_type": "RL_Nope", "inputs": {}}}}',
-                 json.dumps({"prompt": {"1": {"class_type": MASKS}}}).encode()):
-        request = urllib.request.Request(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+    for body in (
+        b"{not json",
+        b'{"prompt": "a string"}',
+        b'{"prompt": {"1": {"class_type": "RL_Nope", "inputs": {}}}}',
+        json.dumps({"prompt": {"1": {"class_type": MASKS}}}).encode(),
+    ):
+        request = urllib.request.Request(
+            server.url + "/prompt", data=body, headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         codes[body[:40]] = refused.value.code

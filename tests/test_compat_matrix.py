@@ -48,16 +48,20 @@ def insert(prompt: dict, class_type: str, where: str, **inputs) -> dict:
 
 
 def with_latent(prompt: dict) -> dict:
-    prompt["latent_out"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0],
-                                                                   "filename_prefix": "rl_compat"}}
+    prompt["latent_out"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["sampler", 0], "filename_prefix": "rl_compat"},
+    }
     return prompt
 
 
 def run(server, prompt: dict):
     result = server.run(prompt)
     error = result.error or {}
-    assert result.status == "success", (f"{error.get('exception_type')}: {error.get('exception_message')}\n"
-                                        + "".join(error.get("traceback", []))[-3000:])
+    assert result.status == "success", (
+        f"{error.get('exception_type')}: {error.get('exception_message')}\n"
+        + "".join(error.get("traceback", []))[-3000:]
+    )
     return result
 
 
@@ -96,8 +100,11 @@ def error_text(server, prompt: dict) -> str:
 # Row 3: attention back-ends (first: each starts its own server, before this module's shared one exists)
 
 
-@pytest.mark.parametrize("flag", ["--use-pytorch-cross-attention", "--use-split-cross-attention",
-                                  "--use-quad-cross-attention", None], ids=["pytorch", "split", "quad", "default"])
+@pytest.mark.parametrize(
+    "flag",
+    ["--use-pytorch-cross-attention", "--use-split-cross-attention", "--use-quad-cross-attention", None],
+    ids=["pytorch", "split", "quad", "default"],
+)
 def test_region_isolation_on_every_attention_backend(tiny_models, flag):
     """The pack computes the masked attention itself, so whichever back-end ComfyUI selects (and whether it
     honours masks) cannot switch regional prompting off."""
@@ -105,8 +112,11 @@ def test_region_isolation_on_every_attention_backend(tiny_models, flag):
     server.flags = tuple(f for f in server.flags if f != "--use-pytorch-cross-attention") + ((flag,) if flag else ())
     server.start()
     try:
-        wanted = {"--use-split-cross-attention": "Using split optimization", "--use-pytorch-cross-attention":
-                  "Using pytorch attention", "--use-quad-cross-attention": "Using sub quadratic optimization"}.get(flag)
+        wanted = {
+            "--use-split-cross-attention": "Using split optimization",
+            "--use-pytorch-cross-attention": "Using pytorch attention",
+            "--use-quad-cross-attention": "Using sub quadratic optimization",
+        }.get(flag)
         if wanted:
             assert wanted in server.log_text(), server.log_tail()  # ComfyUI really selected that back-end
         assert_region_one_isolated(server)
@@ -152,16 +162,18 @@ def test_attention_override_in_model_options_is_chained_in_either_order(server):
     other = dict(scale=0.98)
     base = dict(base_ratio=0.5, double_blocks="all", single_blocks="none", **SIZE)
     ours = image(server, graphs.regional_flux(**base))
-    other_only = image(server, insert(graphs.regional_flux(patch=False, **SIZE), "RLTest_AttentionOverridePatch",
-                                      "after", **other))
-    both = [image(server, insert(graphs.regional_flux(**base), "RLTest_AttentionOverridePatch", w, **other))
-            for w in ("before", "after")]
+    other_only = image(
+        server, insert(graphs.regional_flux(patch=False, **SIZE), "RLTest_AttentionOverridePatch", "after", **other)
+    )
+    both = [
+        image(server, insert(graphs.regional_flux(**base), "RLTest_AttentionOverridePatch", w, **other))
+        for w in ("before", "after")
+    ]
     assert np.array_equal(both[0], both[1])
     assert not np.array_equal(both[0], ours), "the other pack's override was dropped"
     assert not np.array_equal(both[0], other_only), "regional prompting was switched off"
     for where in ("before", "after"):
-        prompt = insert(with_latent(graphs.regional_flux(**ISOLATED)), "RLTest_AttentionOverridePatch", where,
-                        **other)
+        prompt = insert(with_latent(graphs.regional_flux(**ISOLATED)), "RLTest_AttentionOverridePatch", where, **other)
         assert run(server, prompt).status == "success"
     assert_region_one_isolated(server)
 
@@ -177,8 +189,13 @@ def test_override_replaced_per_call_after_the_patcher_is_refused_naming_the_orde
     before = insert(graphs.regional_flux(**base), "RLTest_AttentionOverrideWrapper", "before", scale=0.98)
     chained = image(server, before)
     assert not np.array_equal(chained, image(server, graphs.regional_flux(**base))), "the other override was lost"
-    assert not np.array_equal(chained, image(server, insert(graphs.regional_flux(patch=False, **SIZE),
-                                                           "RLTest_AttentionOverrideWrapper", "after", scale=0.98)))
+    assert not np.array_equal(
+        chained,
+        image(
+            server,
+            insert(graphs.regional_flux(patch=False, **SIZE), "RLTest_AttentionOverrideWrapper", "after", scale=0.98),
+        ),
+    )
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

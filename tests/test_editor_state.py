@@ -63,7 +63,7 @@ def test_polygon_triangle_area():
 def test_stroke_and_eraser():
     stroke = {"type": "stroke", "points": [[0.25, 0.5], [0.75, 0.5]], "size": 0.1}
     painted = layout_of(one_region(stroke), 200, 100).regions[0].mask
-    expected = 100 * 20 + math.pi * 10 ** 2  # a 100 x 20 px band with round caps
+    expected = 100 * 20 + math.pi * 10**2  # a 100 x 20 px band with round caps
     assert abs(float(painted.sum()) - expected) / expected < 0.05
     assert painted[50, 60] == 1 and painted[50, 20] == 0 and painted[35, 100] == 0
     eraser = {"type": "stroke", "points": [[0.5, 0.0], [0.5, 1.0]], "size": 0.1, "erase": True}
@@ -119,8 +119,13 @@ def test_embedded_mask_is_stretched_and_shapes_add_to_it():
 
 
 def test_region_fields_and_prompts():
-    state = {"version": 1, "base_prompt": "a park", "regions": [
-        {"name": "dog", "prompt": "<b>a dog</b>", "color": "#FF0000", "feather": 4, "hidden": True, "shapes": []}]}
+    state = {
+        "version": 1,
+        "base_prompt": "a park",
+        "regions": [
+            {"name": "dog", "prompt": "<b>a dog</b>", "color": "#FF0000", "feather": 4, "hidden": True, "shapes": []}
+        ],
+    }
     layout = layout_of(state, 32, 32, base_prompt="ignored", background_prompt="grass")
     region = layout.regions[0]
     assert (region.name, region.prompt, region.color, region.feather) == ("dog", "<b>a dog</b>", "#ff0000", 4.0)
@@ -145,28 +150,33 @@ def test_feather_blurs_and_keeps_mass():
     assert torch.equal(feather_mask(hard, 0), hard)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "malformed JSON"),
-    ('{"version": 2, "regions": []}', "unknown schema version 2"),
-    ('{"regions": {}}', "regions: expected a list"),
-    ('{"regions": [{"prompt": "a", "box": [0, 0, 0, 0.5]}]}', "zero or negative area"),
-    ('{"regions": [{"prompt": "a", "box": [2, 2, 0.5, 0.5]}]}', "needs the layout's width and height"),
-    ('{"regions": [{"prompt": "a", "box": [1.5, 0, 0.5, 0.5]}]}', "needs the layout's width and height"),
-    ('{"regions": [{"prompt": "a", "shapes": [{"type": "rect", "x": NaN, "y": 0, "w": 1, "h": 1}]}]}',
-     "NaN or infinite"),
-    ('{"regions": [{"prompt": "a", "shapes": [{"type": "rect", "x": 0, "y": 0, "w": Infinity, "h": 1}]}]}',
-     "NaN or infinite"),
-    ('{"regions": [{"prompt": "a", "shapes": [{"type": "circle"}]}]}', "unknown shape type"),
-    ('{"regions": [{"prompt": "a", "shapes": [{"type": "stroke", "points": [[0, 0]], "size": 0}]}]}',
-     "brush size"),
-    ('{"regions": [{"prompt": "a", "shapes": [{"type": "polygon", "points": [[0, 0], [1, 1]]}]}]}',
-     "at least 3"),
-    ('{"regions": [{"prompt": "a", "color": "red"}]}', "not a #rrggbb colour"),
-    ('{"regions": [{"prompt": 5}]}', "expected a string"),
-    ('{"regions": [{"prompt": "a", "feather": -1}]}', "outside"),
-    ('{"regions": [{"prompt": "a", "mask": "!!!"}]}', "cannot decode"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "malformed JSON"),
+        ('{"version": 2, "regions": []}', "unknown schema version 2"),
+        ('{"regions": {}}', "regions: expected a list"),
+        ('{"regions": [{"prompt": "a", "box": [0, 0, 0, 0.5]}]}', "zero or negative area"),
+        ('{"regions": [{"prompt": "a", "box": [2, 2, 0.5, 0.5]}]}', "needs the layout's width and height"),
+        ('{"regions": [{"prompt": "a", "box": [1.5, 0, 0.5, 0.5]}]}', "needs the layout's width and height"),
+        (
+            '{"regions": [{"prompt": "a", "shapes": [{"type": "rect", "x": NaN, "y": 0, "w": 1, "h": 1}]}]}',
+            "NaN or infinite",
+        ),
+        (
+            '{"regions": [{"prompt": "a", "shapes": [{"type": "rect", "x": 0, "y": 0, "w": Infinity, "h": 1}]}]}',
+            "NaN or infinite",
+        ),
+        ('{"regions": [{"prompt": "a", "shapes": [{"type": "circle"}]}]}', "unknown shape type"),
+        ('{"regions": [{"prompt": "a", "shapes": [{"type": "stroke", "points": [[0, 0]], "size": 0}]}]}', "brush size"),
+        ('{"regions": [{"prompt": "a", "shapes": [{"type": "polygon", "points": [[0, 0], [1, 1]]}]}]}', "at least 3"),
+        ('{"regions": [{"prompt": "a", "color": "red"}]}', "not a #rrggbb colour"),
+        ('{"regions": [{"prompt": 5}]}', "expected a string"),
+        ('{"regions": [{"prompt": "a", "feather": -1}]}', "outside"),
+        ('{"regions": [{"prompt": "a", "mask": "!!!"}]}', "cannot decode"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_bad_input_names_the_input_and_field(text, message):
     with pytest.raises(ValueError) as info:
         parse_layout_json(text, input_name="layout_json")
@@ -195,7 +205,7 @@ def color_map(width: int, height: int) -> torch.Tensor:
     """Black background, a red block top-left, a blue block bottom-right ([1, H, W, 3])."""
     image = torch.zeros(1, height, width, 3)
     image[0, : height // 2, : width // 4] = torch.tensor([1.0, 0.0, 0.0])
-    image[0, height // 2:, width // 2:] = torch.tensor([0.0, 0.0, 1.0])
+    image[0, height // 2 :, width // 2 :] = torch.tensor([0.0, 0.0, 1.0])
     return image
 
 

@@ -43,10 +43,14 @@ def test_web_extension_is_served(comfy_server):
     assert any(path.endswith("/regional_layout.js") for path in scripts), scripts
 
 
-@pytest.mark.parametrize("build, size", [
-    (graphs.flux_text_to_image, (256, 192)),
-    (graphs.sdxl_text_to_image, (192, 256)),
-], ids=["flux", "sdxl"])
+@pytest.mark.parametrize(
+    "build, size",
+    [
+        (graphs.flux_text_to_image, (256, 192)),
+        (graphs.sdxl_text_to_image, (192, 256)),
+    ],
+    ids=["flux", "sdxl"],
+)
 def test_plain_text_to_image(comfy_server, build, size):
     width, height = size
     result = comfy_server.run(build(width=width, height=height))

@@ -31,7 +31,7 @@ def test_identity_l2_step_is_the_blend_toward_the_reference():
         torch.testing.assert_close(out, (1 - 2 * gamma) * z + 2 * gamma * ref)
     # k iterations: z_bar + (1 - 2 gamma)^k (z - z_bar)
     out = guidance_step(z, ref, GuidanceSettings(0.1, iterations=3))
-    torch.testing.assert_close(out, ref + 0.8 ** 3 * (z - ref))
+    torch.testing.assert_close(out, ref + 0.8**3 * (z - ref))
 
 
 def test_pull_is_monotone_in_gamma_and_per_iteration():
@@ -41,13 +41,15 @@ def test_pull_is_monotone_in_gamma_and_per_iteration():
     after = [distance(guidance_step(z, ref, GuidanceSettings(g)), ref, settings) for g in (0.05, 0.1, 0.2, 0.4, 0.5)]
     assert base > after[0] and all(a > b for a, b in zip(after, after[1:]))
     assert after[-1] < 1e-6 * base  # gamma 0.5 snaps onto the reference
-    by_iterations = [distance(guidance_step(z, ref, GuidanceSettings(0.1, iterations=k)), ref, settings)
-                     for k in (1, 2, 4)]
+    by_iterations = [
+        distance(guidance_step(z, ref, GuidanceSettings(0.1, iterations=k)), ref, settings) for k in (1, 2, 4)
+    ]
     assert all(a > b for a, b in zip(by_iterations, by_iterations[1:]))
 
 
-@pytest.mark.parametrize("feature, dist", [("lowpass", "squared_l2"), ("identity", "l1"), ("lowpass", "cosine"),
-                                           ("masked", "squared_l2")])
+@pytest.mark.parametrize(
+    "feature, dist", [("lowpass", "squared_l2"), ("identity", "l1"), ("lowpass", "cosine"), ("masked", "squared_l2")]
+)
 def test_every_feature_and_distance_lowers_d(feature, dist):
     z, ref = latents(0), latents(1)
     mask = torch.zeros(1, 1, 16, 24)
@@ -92,7 +94,7 @@ def test_masked_feature_keeps_the_layouts_boxes():
     from regional_layout.layout.regions import Region, RegionLayout
 
     yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(192.0), indexing="ij")
-    disc = ((yy - 48) ** 2 + (xx - 64) ** 2 <= 32 ** 2).float()  # pixels x 32..96, y 16..80 inclusive
+    disc = ((yy - 48) ** 2 + (xx - 64) ** 2 <= 32**2).float()  # pixels x 32..96, y 16..80 inclusive
     layout = RegionLayout(192, 128, (Region("a disc", disc), Region("", torch.ones(128, 192))))
     boxes = boxes_from_layout(layout)
     assert [phrase for phrase, _ in boxes] == ["a disc"]  # a region without a prompt has no box

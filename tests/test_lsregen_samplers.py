@@ -34,11 +34,15 @@ def flat_model(tiny_models):
     import comfy.sd
 
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
-        str(tiny_models / "checkpoints" / graphs.SD15), output_vae=False, output_clip=True, embedding_directory=None)
+        str(tiny_models / "checkpoints" / graphs.SD15), output_vae=False, output_clip=True, embedding_directory=None
+    )
     prediction = torch.randn(LATENT, generator=torch.Generator().manual_seed(1))
     flat = model.clone()
-    flat.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "flat_prediction",
-                              lambda executor, x, t, *args, **kwargs: prediction.to(x).expand_as(x).clone())
+    flat.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+        "flat_prediction",
+        lambda executor, x, t, *args, **kwargs: prediction.to(x).expand_as(x).clone(),
+    )
     return flat, clip.encode_from_tokens_scheduled(clip.tokenize("a"))
 
 
@@ -54,8 +58,19 @@ def trajectory(model, sigmas: torch.Tensor) -> Trajectory:
 
 def run(model, positive, sampler, sigmas, noise_seed: int = 3) -> torch.Tensor:
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(noise_seed))
-    return comfy.samplers.sample(model, noise, positive, positive, 4.0, model.load_device, sampler, sigmas,
-                                 model_options=model.model_options, latent_image=torch.zeros(LATENT), seed=5)
+    return comfy.samplers.sample(
+        model,
+        noise,
+        positive,
+        positive,
+        4.0,
+        model.load_device,
+        sampler,
+        sigmas,
+        model_options=model.model_options,
+        latent_image=torch.zeros(LATENT),
+        seed=5,
+    )
 
 
 def guided_runs(model, positive, sampler_name: str, sigmas) -> tuple[list[torch.Tensor], list[S.GuidancePlan]]:
@@ -103,8 +118,9 @@ def test_sa_solver_corrector_drops_the_pull_so_it_falls_back(flat_model, monkeyp
         assert torch.equal(outs[2], outs[1]) and torch.equal(outs[3], outs[2])
 
 
-@pytest.mark.parametrize("sampler_name, reason", [("ipndm", "reports another tensor"),
-                                                  ("dpm_fast", "made no model call at its sigma")])
+@pytest.mark.parametrize(
+    "sampler_name, reason", [("ipndm", "reports another tensor"), ("dpm_fast", "made no model call at its sigma")]
+)
 def test_a_step_that_misses_the_state_restarts_on_the_fallback(flat_model, monkeypatch, sampler_name, reason):
     """The check at the sampler's callback acts: were ipndm (stale x at the callback) or dpm_fast (no model call at
     the schedule's sigma) listed as guided, the run restarts as the fallback and gives the fallback's result."""

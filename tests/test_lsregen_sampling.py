@@ -27,8 +27,8 @@ def sd15(tiny_models):
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(tiny_models / "checkpoints" / graphs.SD15), output_vae=True, output_clip=True,
-        embedding_directory=None)
+        str(tiny_models / "checkpoints" / graphs.SD15), output_vae=True, output_clip=True, embedding_directory=None
+    )
     positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red car on a road"))
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return model, clip, vae, positive, negative
@@ -58,17 +58,20 @@ def ksampler_node(model, positive, negative, sampler_name, steps=3, scheduler="n
 
     latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(LATENT))
     noise = comfy.sample.prepare_noise(latent, SEED, None)
-    return comfy.sample.sample(model, noise, steps, 4.0, sampler_name, scheduler, positive, negative, latent,
-                               denoise=1.0, seed=SEED)
+    return comfy.sample.sample(
+        model, noise, steps, 4.0, sampler_name, scheduler, positive, negative, latent, denoise=1.0, seed=SEED
+    )
 
 
 def guided(model, positive, negative, sampler_name, plan, steps=3, scheduler="normal"):
-    return S.sample(model, SEED, steps, 4.0, sampler_name, scheduler, positive, negative, empty_latent(),
-                    plan=plan)["samples"]
+    return S.sample(model, SEED, steps, 4.0, sampler_name, scheduler, positive, negative, empty_latent(), plan=plan)[
+        "samples"
+    ]
 
 
-@pytest.mark.parametrize("sampler_name, gamma, fraction", [("euler", 0.0, 0.5), ("dpmpp_2m", 0.3, 0.0),
-                                                            ("euler_ancestral", 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "sampler_name, gamma, fraction", [("euler", 0.0, 0.5), ("dpmpp_2m", 0.3, 0.0), ("euler_ancestral", 0.0, 1.0)]
+)
 def test_gamma_zero_or_fraction_zero_equal_ksampler(sd15, sampler_name, gamma, fraction):
     import comfy.sample
     import comfy.samplers
@@ -85,15 +88,24 @@ def test_gamma_zero_or_fraction_zero_equal_ksampler(sd15, sampler_name, gamma, f
     plan = S.GuidancePlan(trajectory, GuidanceSettings(0.0), 1.0)
     sigmas = S.ksampler_sigmas(model, steps, sampler_name, "normal", 1.0)
     noise = comfy.sample.prepare_noise(torch.zeros(LATENT), SEED)
-    out = comfy.samplers.sample(model, noise, positive, negative, 4.0, model.load_device,
-                                S.guided_sampler(sampler_name, plan), sigmas, model_options=model.model_options,
-                                latent_image=torch.zeros(LATENT), seed=SEED)
+    out = comfy.samplers.sample(
+        model,
+        noise,
+        positive,
+        negative,
+        4.0,
+        model.load_device,
+        S.guided_sampler(sampler_name, plan),
+        sigmas,
+        model_options=model.model_options,
+        latent_image=torch.zeros(LATENT),
+        seed=SEED,
+    )
     assert torch.equal(out, expected)
     assert [g.step for g in plan.log] == [0, 1]
 
 
-@pytest.mark.parametrize("sampler_name, fraction, steps", [("euler", 0.3, 4), ("dpmpp_2m", 0.5, 3),
-                                                            ("heun", 0.5, 2)])
+@pytest.mark.parametrize("sampler_name, fraction, steps", [("euler", 0.3, 4), ("dpmpp_2m", 0.5, 3), ("heun", 0.5, 2)])
 def test_guidance_is_applied_in_exactly_the_first_steps_and_lowers_d(sd15, sampler_name, fraction, steps):
     model, _, _, positive, negative = sd15
     trajectory = reference_trajectory(model, positive, steps, fraction)
@@ -124,8 +136,9 @@ def test_guidance_changes_only_the_guided_state(sd15, sampler_name):
     assert [g.step for g in plan.log] == [0]
     sigmas = S.ksampler_sigmas(model, steps, sampler_name, "normal", 1.0)
     start = model.model.process_latent_out(trajectory.at(float(sigmas[0])).clone())
-    expected = comfy.sample.sample(model, torch.zeros(LATENT), steps, 4.0, sampler_name, "normal", positive,
-                                   negative, start, seed=SEED)
+    expected = comfy.sample.sample(
+        model, torch.zeros(LATENT), steps, 4.0, sampler_name, "normal", positive, negative, start, seed=SEED
+    )
     torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)  # process_latent_in/out round-off
     plain = ksampler_node(model, positive, negative, sampler_name, steps)
     assert (out - plain).abs().max() > 1e-2
@@ -134,9 +147,17 @@ def test_guidance_changes_only_the_guided_state(sd15, sampler_name):
 def test_guided_sampling_is_deterministic(sd15):
     model, _, _, positive, negative = sd15
     trajectory = reference_trajectory(model, positive, 3, 0.5)
-    runs = [guided(model, positive, negative, "euler_ancestral",
-                   S.GuidancePlan(trajectory, GuidanceSettings(0.2, "lowpass", "cosine"), 0.5), 2)
-            for _ in range(2)]
+    runs = [
+        guided(
+            model,
+            positive,
+            negative,
+            "euler_ancestral",
+            S.GuidancePlan(trajectory, GuidanceSettings(0.2, "lowpass", "cosine"), 0.5),
+            2,
+        )
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
 
 
@@ -153,11 +174,24 @@ def test_start_from_trajectory_equals_ksampler_advanced_without_noise(sd15):
 
     def run(sampler_name, seed, gamma=0.0, start=True):
         plan = S.GuidancePlan(trajectory, GuidanceSettings(gamma), 0.5, start_from_trajectory=start)
-        return S.sample(model, seed, steps, 4.0, sampler_name, "normal", positive, negative, empty_latent(),
-                        plan=plan)["samples"]
+        return S.sample(model, seed, steps, 4.0, sampler_name, "normal", positive, negative, empty_latent(), plan=plan)[
+            "samples"
+        ]
 
-    without_noise = comfy.sample.sample(model, torch.zeros(LATENT), steps, 4.0, "euler", "normal", positive,
-                                        negative, noisy["samples"], denoise=1.0, disable_noise=True, seed=SEED)
+    without_noise = comfy.sample.sample(
+        model,
+        torch.zeros(LATENT),
+        steps,
+        4.0,
+        "euler",
+        "normal",
+        positive,
+        negative,
+        noisy["samples"],
+        denoise=1.0,
+        disable_noise=True,
+        seed=SEED,
+    )
     assert torch.equal(run("euler", SEED), without_noise)
     assert torch.equal(run("euler", SEED + 1), without_noise)
     assert not torch.equal(run("euler", SEED, start=False), without_noise)
@@ -177,11 +211,32 @@ def test_inversion_round_trip(sd15):
     grid = torch.linspace(float(model_sampling.sigma_min), 0.5, 5)
     states: list[torch.Tensor] = []
     inversion = I.inversion_sampler(states, refine=2)
-    noisy = comfy.samplers.sample(model, torch.zeros(LATENT), positive, positive, 1.0, model.load_device, inversion,
-                                  grid, model_options=model.model_options, latent_image=ref, seed=0)
-    back = comfy.samplers.sample(model, torch.zeros(LATENT), positive, positive, 1.0, model.load_device,
-                                 comfy.samplers.sampler_object("euler"), grid.flip(0),
-                                 model_options=model.model_options, latent_image=noisy, seed=0)
+    noisy = comfy.samplers.sample(
+        model,
+        torch.zeros(LATENT),
+        positive,
+        positive,
+        1.0,
+        model.load_device,
+        inversion,
+        grid,
+        model_options=model.model_options,
+        latent_image=ref,
+        seed=0,
+    )
+    back = comfy.samplers.sample(
+        model,
+        torch.zeros(LATENT),
+        positive,
+        positive,
+        1.0,
+        model.load_device,
+        comfy.samplers.sampler_object("euler"),
+        grid.flip(0),
+        model_options=model.model_options,
+        latent_image=noisy,
+        seed=0,
+    )
     assert states[0].shape == (5, *LATENT)
     assert (noisy - ref).norm() / ref.norm() > 0.5
     assert (back - ref).norm() / ref.norm() < 0.05
@@ -217,11 +272,21 @@ def test_gligen_boxes_reach_the_model(sd15, gligen):
     model, clip, vae, positive, negative = sd15
 
     def prior(boxes):
-        return sample_prior(model, clip, vae, gligen, parse_boxes(boxes), "a street", "", SEED, 2, 4.0, "euler",
-                            "normal", 64, 64)[1]["samples"]
+        return sample_prior(
+            model, clip, vae, gligen, parse_boxes(boxes), "a street", "", SEED, 2, 4.0, "euler", "normal", 64, 64
+        )[1]["samples"]
 
-    plain = S.sample(model, SEED, 2, 4.0, "euler", "normal", clip.encode_from_tokens_scheduled(
-        clip.tokenize("a street")), negative, empty_latent())["samples"]
+    plain = S.sample(
+        model,
+        SEED,
+        2,
+        4.0,
+        "euler",
+        "normal",
+        clip.encode_from_tokens_scheduled(clip.tokenize("a street")),
+        negative,
+        empty_latent(),
+    )["samples"]
     left = prior("0 0 0.5 1: a red car")
     moved = prior("0.5 0 0.5 1: a red car")
     assert (left - plain).abs().max() > 1e-4, "boxes must change the prior"
@@ -248,8 +313,9 @@ def test_trajectory_must_match_the_latent(sd15):
     trajectory = reference_trajectory(model, positive, 3, 1.0)
     plan = S.GuidancePlan(trajectory, GuidanceSettings(0.2), 1.0)
     with pytest.raises(ValueError, match="trajectory: it holds latents of shape"):
-        S.sample(model, SEED, 3, 4.0, "euler", "normal", positive, negative, {"samples": torch.zeros(1, 4, 8, 16)},
-                 plan=plan)
+        S.sample(
+            model, SEED, 3, 4.0, "euler", "normal", positive, negative, {"samples": torch.zeros(1, 4, 8, 16)}, plan=plan
+        )
     low = Trajectory(trajectory.sigmas[:2], trajectory.latents[:2], trajectory.model_kind, "forward_noise")
     plan = S.GuidancePlan(low, GuidanceSettings(0.2), 1.0)
     with pytest.raises(ValueError, match="trajectory: it reaches sigma"):

@@ -31,12 +31,25 @@ def saved_latent(server, result, node_id: str) -> torch.Tensor:
 def test_pipeline_non_square_gamma_zero_and_autograd(comfy_server):
     g = graphs.lsregen_pipeline(**SMALL, gamma=0.3)
     guided = g.lookup_node("guided")
-    common = {k: guided.inputs[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "positive",
-                                           "negative", "latent_image", "denoise")}
+    common = {
+        k: guided.inputs[k]
+        for k in (
+            "seed",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "positive",
+            "negative",
+            "latent_image",
+            "denoise",
+        )
+    }
     plain = g.node("KSampler", id="plain", **{**common, "model": ["sdxl", 0]})
     zero = g.node("RL_BackwardGuidanceKSampler", id="zero", **{**guided.inputs, "guidance_scale": 0.0})
-    auto = g.node("RL_BackwardGuidanceKSampler", id="auto", **{**guided.inputs, "feature": "lowpass",
-                                                              "guidance_scale": 2.0})
+    auto = g.node(
+        "RL_BackwardGuidanceKSampler", id="auto", **{**guided.inputs, "feature": "lowpass", "guidance_scale": 2.0}
+    )
     for node in (plain, zero, auto, guided):
         g.node("SaveLatent", id=f"save_{node.id}", samples=node.out(0), filename_prefix=f"lsregen_test/{node.id}")
     result = comfy_server.run(g.finalize())
@@ -55,8 +68,12 @@ def test_pipeline_non_square_gamma_zero_and_autograd(comfy_server):
 
 def test_shipped_api_workflow_runs_shrunk(comfy_server):
     prompt = json.loads((REPO / "workflows" / "api" / "lsregen_pipeline.json").read_text())
-    assert {n["class_type"] for n in prompt.values()} >= {"RL_GligenLayoutPrior", "RL_LatentInversion",
-                                                          "RL_BackwardGuidanceKSampler", "RL_RegionOverlay"}
+    assert {n["class_type"] for n in prompt.values()} >= {
+        "RL_GligenLayoutPrior",
+        "RL_LatentInversion",
+        "RL_BackwardGuidanceKSampler",
+        "RL_RegionOverlay",
+    }
     shrunk = shrink_for_tiny_models(prompt)
     for node in shrunk.values():  # keep CI short: a small prior too
         if node["class_type"] == "RL_GligenLayoutPrior":
@@ -88,16 +105,27 @@ def bad(**changes) -> dict:
     return g.finalize()
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"prior": {"model": ["sdxl", 0]}}, "model: GLIGEN textbox weights work with SD1.x models only"),
-    ({"prior": {"regions": None, "boxes": ""}}, "no boxes"),
-    ({"prior": {"regions": None, "boxes": "0.8 0.1 0.5 0.2: a car"}}, "lies outside the image"),
-    ({"prior": {"regions": None, "boxes": "0 0 0.1 0.1: a car\n" * 31}}, "at most 30"),
-    ({"guided": {"guidance_fraction": 1.5}}, "guidance_fraction"),
-    ({"guided": {"guidance_scale": -0.5}}, "guidance_scale"),
-    ({"latent": {"width": WIDTH + 64}}, "trajectory: it holds latents of shape"),
-], ids=["sdxl_to_gligen", "empty_layout", "box_outside", "too_many_boxes", "fraction", "negative_gamma",
-        "trajectory_size"])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"prior": {"model": ["sdxl", 0]}}, "model: GLIGEN textbox weights work with SD1.x models only"),
+        ({"prior": {"regions": None, "boxes": ""}}, "no boxes"),
+        ({"prior": {"regions": None, "boxes": "0.8 0.1 0.5 0.2: a car"}}, "lies outside the image"),
+        ({"prior": {"regions": None, "boxes": "0 0 0.1 0.1: a car\n" * 31}}, "at most 30"),
+        ({"guided": {"guidance_fraction": 1.5}}, "guidance_fraction"),
+        ({"guided": {"guidance_scale": -0.5}}, "guidance_scale"),
+        ({"latent": {"width": WIDTH + 64}}, "trajectory: it holds latents of shape"),
+    ],
+    ids=[
+        "sdxl_to_gligen",
+        "empty_layout",
+        "box_outside",
+        "too_many_boxes",
+        "fraction",
+        "negative_gamma",
+        "trajectory_size",
+    ],
+)
 def test_bad_inputs_are_rejected_and_server_stays_up(comfy_server, changes, expected):
     message = error_message(comfy_server, bad(**changes))
     assert expected in message, message

@@ -31,5 +31,6 @@ def test_inversion_and_guided_sampler_share_the_fraction_and_schedule_inputs():
 
     sampler, inversion = inputs(BackwardGuidanceKSampler), inputs(LatentInversion)
     for name in ("guidance_fraction", "steps", "scheduler"):
-        assert {k: v for k, v in sampler[name].items() if k != "tooltip"} == \
-            {k: v for k, v in inversion[name].items() if k != "tooltip"}, name
+        assert {k: v for k, v in sampler[name].items() if k != "tooltip"} == {
+            k: v for k, v in inversion[name].items() if k != "tooltip"
+        }, name

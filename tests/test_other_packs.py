@@ -33,8 +33,10 @@ def with_other_patch(prompt: dict, where: str) -> dict:
         source = [loader, 0]
     else:
         consumers, source = [sampler], sampler["inputs"]["model"]
-    prompt["other"] = {"class_type": "RLTest_OtherPackPatch",
-                       "inputs": {"model": source, "output_scale": 0.9, "block_scale": 1.05}}
+    prompt["other"] = {
+        "class_type": "RLTest_OtherPackPatch",
+        "inputs": {"model": source, "output_scale": 0.9, "block_scale": 1.05},
+    }
     for node in consumers:
         node["inputs"]["model"] = ["other", 0]
     return prompt
@@ -60,7 +62,9 @@ def test_other_packs_patches_survive_ours(server):
 
     # Regional and patched by both: the order of the two nodes does not matter, and the other pack still acts.
     ours_only = image(server, graphs.regional_flux(base_ratio=0.0, **size))
-    both = [image(server, with_other_patch(graphs.regional_flux(base_ratio=0.0, **size), w)) for w in ("before", "after")]
+    both = [
+        image(server, with_other_patch(graphs.regional_flux(base_ratio=0.0, **size), w)) for w in ("before", "after")
+    ]
     assert np.array_equal(both[0], both[1])
     assert not np.array_equal(both[0], ours_only)
     assert not np.array_equal(both[0], other_only)

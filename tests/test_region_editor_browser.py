@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 256, 192  # non-square on purpose
-PROMPTS = ["a red barn", "a <b>white</b> horse", "<img src=x onerror=\"window.rlHacked=1\"> a river"]
+PROMPTS = ["a red barn", "a <b>white</b> horse", '<img src=x onerror="window.rlHacked=1"> a river']
 # Drags in canvas pixels (from the canvas's top-left corner): two rectangles and one brush stroke.
 RECTS = [((20, 20), (150, 110)), ((200, 130), (330, 230))]
 STROKE = [(30, 200), (100, 205), (170, 210), (240, 215)]
@@ -58,9 +58,12 @@ return node ? node.widgets.find((w) => w.name === "editor_state").value : null;
 
 
 def canvas_box(browser: Browser) -> dict:
-    return browser.wait_for("(() => { const r = document.querySelector('.rl-canvas')?.getBoundingClientRect();"
-                            " return r && r.width > 100 ? {x: r.x, y: r.y, w: r.width, h: r.height} : null; })()",
-                            30, "the editor canvas")
+    return browser.wait_for(
+        "(() => { const r = document.querySelector('.rl-canvas')?.getBoundingClientRect();"
+        " return r && r.width > 100 ? {x: r.x, y: r.y, w: r.width, h: r.height} : null; })()",
+        30,
+        "the editor canvas",
+    )
 
 
 def drag(browser: Browser, canvas, points) -> None:
@@ -112,8 +115,9 @@ def mask_images(server, entry: dict, node_id: str) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def browser(comfy_server):
-    assert chromium_available(), "install Debian's chromium and chromium-driver (apt-get install chromium " \
-                                 "chromium-driver)"
+    assert chromium_available(), (
+        "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    )
     quiet_settings(comfy_server)
     b = Browser(comfy_server.url)
     try:
@@ -128,8 +132,12 @@ def drawn(browser, comfy_server, artifacts):
     """Draw the layout with the mouse, type prompts, queue with the Run button; returns what happened."""
     ids = browser.js(SETUP_GRAPH, WIDTH, HEIGHT)
     canvas_box(browser)
-    browser.wait_for(f"Math.abs(document.querySelector('.rl-canvas').width / "
-                     f"document.querySelector('.rl-canvas').height - {WIDTH / HEIGHT}) < 0.02", 10, "aspect")
+    browser.wait_for(
+        f"Math.abs(document.querySelector('.rl-canvas').width / "
+        f"document.querySelector('.rl-canvas').height - {WIDTH / HEIGHT}) < 0.02",
+        10,
+        "aspect",
+    )
     box = canvas_box(browser)
     canvas = browser.driver.find_element("css selector", ".rl-canvas")
     for i, (start, end) in enumerate(RECTS):
@@ -140,25 +148,36 @@ def drawn(browser, comfy_server, artifacts):
     click(browser, ".rl-tool-brush")
     browser.driver.execute_script(
         "const s = document.querySelector('.rl-brush-size'); s.value = arguments[0];"
-        "s.dispatchEvent(new Event('input'));", str(BRUSH_PERCENT))
+        "s.dispatchEvent(new Event('input'));",
+        str(BRUSH_PERCENT),
+    )
     drag(browser, canvas, STROKE)
     type_prompt(browser, 2, PROMPTS[2])
     browser.driver.find_element("css selector", "textarea[placeholder='base_prompt']").send_keys(BASE_PROMPT)
     prompt = browser.js("return (await window.comfyAPI.app.app.graphToPrompt()).output;")
     screenshot_node(browser, ids["layout"]).save(artifacts / "region_editor.png")  # README: dev.py pictures
     known = set(comfy_server.get_json("/history"))
-    browser.driver.find_element("css selector", "[data-testid='queue-button'] button, "
-                                                "button[data-testid='queue-button']").click()
+    browser.driver.find_element(
+        "css selector", "[data-testid='queue-button'] button, button[data-testid='queue-button']"
+    ).click()
     entry = wait_for_history(comfy_server, ids["save"], known)
     # After the run the backdrop (a blue EmptyImage) shows through where no region is.
-    browser.wait_for("(() => { const c = document.querySelector('.rl-canvas');"
-                     " const [r, g, b] = c.getContext('2d').getImageData(c.width - 5, 5, 1, 1).data;"
-                     " return Math.abs(r - 0x20) + Math.abs(g - 0x60) + Math.abs(b - 0xc0) < 12; })()",
-                     30, "the backdrop image in the editor")
+    browser.wait_for(
+        "(() => { const c = document.querySelector('.rl-canvas');"
+        " const [r, g, b] = c.getContext('2d').getImageData(c.width - 5, 5, 1, 1).data;"
+        " return Math.abs(r - 0x20) + Math.abs(g - 0x60) + Math.abs(b - 0xc0) < 12; })()",
+        30,
+        "the backdrop image in the editor",
+    )
     browser.driver.save_screenshot(str(artifacts / "region_editor_after_run.png"))
     assert browser.toasts() == []  # no warning, alert or error while drawing and queueing
-    return {"ids": ids, "box": box, "prompt": prompt, "entry": entry,
-            "masks": mask_images(comfy_server, entry, ids["save"])}
+    return {
+        "ids": ids,
+        "box": box,
+        "prompt": prompt,
+        "entry": entry,
+        "masks": mask_images(comfy_server, entry, ids["save"]),
+    }
 
 
 def test_prompt_holds_the_drawn_json(drawn, browser):
@@ -189,7 +208,7 @@ def test_queued_masks_match_the_drawing(drawn):
     expected = [abs(x1 - x0) * abs(y1 - y0) / (w * h) for (x0, y0), (x1, y1) in RECTS]
     diameter = BRUSH_PERCENT / 100 * w
     length = sum(math.dist(a, b) for a, b in zip(STROKE, STROKE[1:]))
-    expected.append((length * diameter + math.pi * diameter ** 2 / 4) / (w * h))
+    expected.append((length * diameter + math.pi * diameter**2 / 4) / (w * h))
     coverage = [float(m.mean()) for m in masks]
     assert coverage == pytest.approx(expected, abs=0.02), (coverage, expected)
     assert coverage[0] > 0.05 and coverage[2] > 0.02  # the comparison above is not vacuous
@@ -200,9 +219,17 @@ def test_layout_json_through_the_api_gives_the_same_masks(drawn, comfy_server):
     planner = json.dumps({**json.loads(state), "width": WIDTH, "height": HEIGHT})
     prompt = {
         "text": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": planner}},
-        "layout": {"class_type": "RL_RegionLayout", "inputs": {
-            "width": 64, "height": 64, "base_prompt": "", "background_prompt": "",
-            "editor_state": '{"version": 1, "regions": []}', "layout_json": ["text", 0]}},
+        "layout": {
+            "class_type": "RL_RegionLayout",
+            "inputs": {
+                "width": 64,
+                "height": 64,
+                "base_prompt": "",
+                "background_prompt": "",
+                "editor_state": '{"version": 1, "regions": []}',
+                "layout_json": ["text", 0],
+            },
+        },
         "image": {"class_type": "MaskToImage", "inputs": {"mask": ["layout", 1]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["image", 0], "filename_prefix": "rl_api"}},
     }
@@ -216,27 +243,37 @@ def test_layout_json_through_the_api_gives_the_same_masks(drawn, comfy_server):
 
 def test_layout_survives_a_page_reload(drawn, browser):
     state = drawn["prompt"][drawn["ids"]["layout"]]["inputs"]["editor_state"]
-    browser.wait_for("Object.values(localStorage).concat(Object.values(sessionStorage))"
-                     ".some((v) => v.includes('a red barn'))", 20, "the workflow to be persisted")
+    browser.wait_for(
+        "Object.values(localStorage).concat(Object.values(sessionStorage)).some((v) => v.includes('a red barn'))",
+        20,
+        "the workflow to be persisted",
+    )
     browser.open_frontend()
     browser.wait_for("document.querySelectorAll('.rl-row').length === 3", 60, "the editor after reload")
     assert browser.js(STATE_OF) == state
     assert browser.toasts() == []  # restoring the saved workflow raised no warning
     prompts = browser.driver.execute_script(
-        "return [...document.querySelectorAll('.rl-row .rl-prompt')].map((t) => t.value)")
+        "return [...document.querySelectorAll('.rl-row .rl-prompt')].map((t) => t.value)"
+    )
     assert prompts == PROMPTS
     painted = browser.driver.execute_script(
         "const c = document.querySelector('.rl-canvas'); const x = c.getContext('2d');"
         "const [r, g, b] = x.getImageData(Math.round(c.width * 0.3), Math.round(c.height * 0.3), 1, 1).data;"
-        "return [r, g, b];")
+        "return [r, g, b];"
+    )
     assert max(painted) - min(painted) > 30  # region 1 is drawn in colour over the grey checkerboard
 
 
 def editor_state(browser: Browser, index: int = 0) -> dict:
-    return json.loads(browser.js("""
+    return json.loads(
+        browser.js(
+            """
         const nodes = window.comfyAPI.app.app.graph.nodes.filter((n) => n.type === "RL_RegionLayout");
         return nodes[args[0]].widgets.find((w) => w.name === "editor_state").value;
-    """, index))
+    """,
+            index,
+        )
+    )
 
 
 def row_button(browser: Browser, row: int, css: str, editor: int = 0) -> None:
@@ -251,7 +288,8 @@ def graph_undo(browser: Browser) -> None:
     graph = browser.driver.find_element("css selector", "canvas#graph-canvas")
     corner = graph.rect
     chain = ActionChains(browser.driver).move_to_element_with_offset(
-        graph, int(1000 - corner["x"] - corner["width"] / 2), int(300 - corner["y"] - corner["height"] / 2))
+        graph, int(1000 - corner["x"] - corner["width"] / 2), int(300 - corner["y"] - corner["height"] / 2)
+    )
     chain.click().key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
 
 
@@ -310,8 +348,12 @@ def test_edit_tools_undo_and_region_list(drawn, browser):
         node.widgets.find((w) => w.name === "height").value = 256;
         app.canvas.setDirty(true, true);
     """)
-    browser.wait_for("(() => { const c = document.querySelector('.rl-canvas'); "
-                     "return Math.abs(c.width / c.height - 0.5) < 0.02; })()", 10, "the canvas to follow the aspect")
+    browser.wait_for(
+        "(() => { const c = document.querySelector('.rl-canvas'); "
+        "return Math.abs(c.width / c.height - 0.5) < 0.02; })()",
+        10,
+        "the canvas to follow the aspect",
+    )
     height = browser.driver.execute_script("return document.querySelector('.rl-canvas').height")
     browser.js("""
         const app = window.comfyAPI.app.app;
@@ -336,8 +378,11 @@ def test_copy_paste_gives_an_independent_editor(drawn, browser):
     browser.wait_for("document.querySelectorAll('.rl-editor').length === 2", 20, "the pasted editor")
     original = editor_state(browser, 0)
     assert editor_state(browser, 1) == original
-    browser.wait_for("document.querySelectorAll('.rl-editor')[1].querySelectorAll('.rl-row').length === 3", 10,
-                     "the pasted editor's region list")
+    browser.wait_for(
+        "document.querySelectorAll('.rl-editor')[1].querySelectorAll('.rl-row').length === 3",
+        10,
+        "the pasted editor's region list",
+    )
     browser.driver.find_elements("css selector", ".rl-editor")[1].find_element("css selector", ".rl-add").click()
     assert len(editor_state(browser, 1)["regions"]) == 4
     assert editor_state(browser, 0) == original
@@ -374,16 +419,23 @@ def test_shipped_workflows_load_without_missing_nodes_errors_or_toasts(browser, 
     assert workflows, "no shipped workflows"
     for path in workflows:
         before, toasts_before = len(browser.read_console()), len(browser.toasts())
-        loaded = browser.js("""
+        loaded = browser.js(
+            """
             const app = window.comfyAPI.app.app;
             await app.loadGraphData(args[0], true, true, args[1]);
             await new Promise((r) => setTimeout(r, 500));
             const missing = app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
             return {missing, prompt: (await app.graphToPrompt()).output};
-        """, json.loads(path.read_text()), path.stem)
+        """,
+            json.loads(path.read_text()),
+            path.stem,
+        )
         assert loaded["missing"] == [], f"{path.name}: missing nodes {loaded['missing']}"
-        errors = [e["message"] for e in browser.read_console()[before:]
-                  if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]]
+        errors = [
+            e["message"]
+            for e in browser.read_console()[before:]
+            if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]
+        ]
         assert errors == [], f"{path.name}: console errors {errors}"
         # Any toast (warning, alert, error) means the frontend found fault with the file, e.g. its zod schema.
         assert browser.toasts()[toasts_before:] == [], f"{path.name}: toasts {browser.toasts()[toasts_before:]}"

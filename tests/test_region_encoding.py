@@ -14,8 +14,10 @@ def flux_clip(tiny_models):
     import comfy.sd
 
     te = tiny_models / "text_encoders"
-    return comfy.sd.load_clip(ckpt_paths=[str(te / "clip_l.safetensors"), str(te / "t5xxl_fp8_e4m3fn.safetensors")],
-                              clip_type=comfy.sd.CLIPType.FLUX)
+    return comfy.sd.load_clip(
+        ckpt_paths=[str(te / "clip_l.safetensors"), str(te / "t5xxl_fp8_e4m3fn.safetensors")],
+        clip_type=comfy.sd.CLIPType.FLUX,
+    )
 
 
 @pytest.mark.slow

@@ -10,18 +10,30 @@ from support import graphs
 
 pytestmark = pytest.mark.server
 
-STATE = {"version": 1, "regions": [
-    {"name": "sky", "prompt": "a blue sky", "color": "#3366ff", "shapes": [
-        {"type": "rect", "x": 0, "y": 0, "w": 1, "h": 0.25}]},
-    {"name": "cat", "prompt": "a cat", "color": "#ff6633", "shapes": [
-        {"type": "rect", "x": 0.5, "y": 0.5, "w": 0.25, "h": 0.5}]},
-]}
+STATE = {
+    "version": 1,
+    "regions": [
+        {
+            "name": "sky",
+            "prompt": "a blue sky",
+            "color": "#3366ff",
+            "shapes": [{"type": "rect", "x": 0, "y": 0, "w": 1, "h": 0.25}],
+        },
+        {
+            "name": "cat",
+            "prompt": "a cat",
+            "color": "#ff6633",
+            "shapes": [{"type": "rect", "x": 0.5, "y": 0.5, "w": 0.25, "h": 0.5}],
+        },
+    ],
+}
 
 
 def layout_prompt(width: int, height: int, *, editor_state: str = "", layout_json: str | None = None) -> dict:
     g = graphs.graph()
-    inputs = dict(width=width, height=height, base_prompt="a garden", background_prompt="grass",
-                  editor_state=editor_state)
+    inputs = dict(
+        width=width, height=height, base_prompt="a garden", background_prompt="grass", editor_state=editor_state
+    )
     if layout_json is not None:
         inputs["layout_json"] = g.node("PrimitiveStringMultiline", value=layout_json).out(0)
     node = g.node("RL_RegionLayout", id="layout", **inputs)
@@ -50,8 +62,11 @@ def test_editor_state_gives_exact_masks(comfy_server):
 
 
 def test_layout_json_overrides_editor_with_pixel_boxes(comfy_server):
-    planner = {"width": 128, "height": 96, "regions": [
-        {"prompt": "a blue sky", "box": [0, 0, 128, 24]}, {"prompt": "a cat", "box": [64, 48, 32, 48]}]}
+    planner = {
+        "width": 128,
+        "height": 96,
+        "regions": [{"prompt": "a blue sky", "box": [0, 0, 128, 24]}, {"prompt": "a cat", "box": [64, 48, 32, 48]}],
+    }
     other = {"version": 1, "regions": [{"prompt": "x", "shapes": [{"type": "rect", "x": 0, "y": 0, "w": 1, "h": 1}]}]}
     drawn = comfy_server.run(layout_prompt(128, 96, editor_state=json.dumps(STATE)))
     given = comfy_server.run(layout_prompt(512, 512, editor_state=json.dumps(other), layout_json=json.dumps(planner)))
@@ -100,8 +115,16 @@ def color_map_prompt(server, prompts: str) -> dict:
     Image.fromarray(array).save(server.input_dir / "rl_color_map.png")
     g = graphs.graph()
     image = g.node("LoadImage", image="rl_color_map.png")
-    node = g.node("RL_RegionsFromColorMap", color_map=image.out(0), prompts=prompts, tolerance=16, width=96,
-                  height=64, base_prompt="", background_prompt="")
+    node = g.node(
+        "RL_RegionsFromColorMap",
+        color_map=image.out(0),
+        prompts=prompts,
+        tolerance=16,
+        width=96,
+        height=64,
+        base_prompt="",
+        background_prompt="",
+    )
     masks = g.node("MaskToImage", mask=node.out(1))
     g.node("SaveImage", id="masks", images=masks.out(0), filename_prefix="rl_color_masks")
     return g.finalize()

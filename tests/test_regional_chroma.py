@@ -25,7 +25,7 @@ def regional_cond(lengths, *, seed=0, background=False, overlap=False):
     from regional_layout.attention_patches.regional_cond import RegionalConditioning
     from regional_layout.layout.regions import Region, RegionLayout
 
-    masks = layouts(HEIGHT, WIDTH)[overlap][:len(lengths)]
+    masks = layouts(HEIGHT, WIDTH)[overlap][: len(lengths)]
     gen = torch.Generator().manual_seed(seed)
     embeds = tuple(torch.randn(1, n, CTX, generator=gen) for n in lengths)
     bg = torch.randn(1, 3, CTX, generator=torch.Generator().manual_seed(99)) if background else None
@@ -42,15 +42,22 @@ def wrapper_for(cond, **options):
 
 def inputs(batch=1, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return dict(x=torch.randn(batch, 16, HEIGHT // 8, WIDTH // 8, generator=gen), timestep=torch.full((batch,), 0.7),
-                context=torch.randn(batch, 7, CTX, generator=gen), guidance=torch.zeros(batch))
+    return dict(
+        x=torch.randn(batch, 16, HEIGHT // 8, WIDTH // 8, generator=gen),
+        timestep=torch.full((batch,), 0.7),
+        context=torch.randn(batch, 7, CTX, generator=gen),
+        guidance=torch.zeros(batch),
+    )
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, **x):
     from regional_layout.attention_patches.flux_patch import PATCH_KEY
 
-    opts = {"cond_or_uncond": list(cond_or_uncond), "sigmas": torch.tensor([0.7]),
-            "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0])}
+    opts = {
+        "cond_or_uncond": list(cond_or_uncond),
+        "sigmas": torch.tensor([0.7]),
+        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
+    }
     if wrapper is not None:
         opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
     if override is not None:
@@ -64,7 +71,7 @@ def region_pixels(wrapper, index):
     plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, 7)
     rows, cols = plan.masks.grid
     inside = plan.masks.hard[index].view(rows, cols).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    return inside[:HEIGHT // 8, :WIDTH // 8]
+    return inside[: HEIGHT // 8, : WIDTH // 8]
 
 
 @pytest.mark.parametrize("changed", [0, 1])
@@ -110,8 +117,12 @@ def test_matches_the_naive_reference(chroma, double, single, overlap):
     """The whole patched Chroma against the naive dense reference (masked in the chosen blocks, the unmasked
     regional stream in the others), with a background region."""
     x = inputs()
-    wrapper = wrapper_for(regional_cond([3, 5], background=True, overlap=overlap), beta=0.3,
-                          double_blocks=frozenset(double), single_blocks=frozenset(single))
+    wrapper = wrapper_for(
+        regional_cond([3, 5], background=True, overlap=overlap),
+        beta=0.3,
+        double_blocks=frozenset(double),
+        single_blocks=frozenset(single),
+    )
     ours = run(chroma, wrapper, **x)
     plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, 7)
     assert plan.dense == overlap

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from regional_layout.attention_patches.regional_attention import (SequencePlan, regional_attention,
-                                                                 unselected_block_attention)
+from regional_layout.attention_patches.regional_attention import (
+    SequencePlan,
+    regional_attention,
+    unselected_block_attention,
+)
 from regional_layout.attention_patches.token_masks import region_token_masks
 from support.regional_reference import hide_block_info, layouts, naive_reference, rect, reference_override
 
@@ -38,15 +41,17 @@ def test_matches_naive_reference(regions, overlap, background):
     if not overlap:  # the exact dense path agrees too
         for beta in (0.0, 0.2):
             dense = regional_attention(q, k, v, SequencePlan(t0, text_lens, tm, extra, force_dense=True), beta)
-            torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, beta), atol=1e-5,
-                                       rtol=0)
+            torch.testing.assert_close(dense, naive_reference(q, k, v, t0, text_lens, tm.hard, beta), atol=1e-5, rtol=0)
     # a block outside the chosen set: the official rule (the regional stream unmasked, still blended by beta),
     # its base attention through the model's back end (here SDPA in the [B, L, H·D] layout ComfyUI returns)
     plain = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).flatten(2)  # noqa: E731
     for beta in (0.0, 0.2, 1.0):
-        torch.testing.assert_close(unselected_block_attention(q, k, v, plan, beta, plain),
-                                   naive_reference(q, k, v, t0, text_lens, tm.hard, beta, masked=False),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            unselected_block_attention(q, k, v, plan, beta, plain),
+            naive_reference(q, k, v, t0, text_lens, tm.hard, beta, masked=False),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -67,12 +72,13 @@ def regional_cond(embeds, *, background=False, masks=None, seed=0):
     from regional_layout.attention_patches.regional_cond import RegionalConditioning
     from regional_layout.layout.regions import Region, RegionLayout
 
-    masks = masks if masks is not None else layouts(HEIGHT, WIDTH)[0][:len(embeds)]
+    masks = masks if masks is not None else layouts(HEIGHT, WIDTH)[0][: len(embeds)]
     regions = tuple(Region(f"region {i}", m) for i, m in enumerate(masks))
     gen = torch.Generator().manual_seed(seed + 100)
     bg = torch.randn(1, 3, CTX, generator=gen) if background else None
-    return RegionalConditioning(RegionLayout(WIDTH, HEIGHT, regions, "base", "bg" if background else ""),
-                                tuple(embeds), bg)
+    return RegionalConditioning(
+        RegionLayout(WIDTH, HEIGHT, regions, "base", "bg" if background else ""), tuple(embeds), bg
+    )
 
 
 def embeds(lengths, seed=0):
@@ -82,16 +88,23 @@ def embeds(lengths, seed=0):
 
 def inputs(batch=1, seed=0, base_len=7):
     gen = torch.Generator().manual_seed(seed)
-    return dict(x=torch.randn(batch, 16, HEIGHT // 8, WIDTH // 8, generator=gen),
-                timestep=torch.full((batch,), 0.7), context=torch.randn(batch, base_len, CTX, generator=gen),
-                y=torch.randn(batch, 32, generator=gen), guidance=torch.full((batch,), 3.5))
+    return dict(
+        x=torch.randn(batch, 16, HEIGHT // 8, WIDTH // 8, generator=gen),
+        timestep=torch.full((batch,), 0.7),
+        context=torch.randn(batch, base_len, CTX, generator=gen),
+        y=torch.randn(batch, 32, generator=gen),
+        guidance=torch.full((batch,), 3.5),
+    )
 
 
 def run(flux, wrapper=None, cond_or_uncond=(0,), sigma=0.7, override=None, patches_replace=None, **kw):
     from regional_layout.attention_patches.flux_patch import PATCH_KEY
 
-    opts = {"cond_or_uncond": list(cond_or_uncond), "sigmas": torch.tensor([sigma]),
-            "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0])}
+    opts = {
+        "cond_or_uncond": list(cond_or_uncond),
+        "sigmas": torch.tensor([sigma]),
+        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
+    }
     if wrapper is not None:
         opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
     if override is not None:
@@ -109,9 +122,11 @@ def wrapper_for(cond, **options):
     return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}))
 
 
-@pytest.mark.parametrize("options", [dict(beta=1.0), dict(control_steps=0),
-                                     dict(double_blocks=frozenset(), single_blocks=frozenset())],
-                         ids=["beta-1", "zero-steps", "no-blocks"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(beta=1.0), dict(control_steps=0), dict(double_blocks=frozenset(), single_blocks=frozenset())],
+    ids=["beta-1", "zero-steps", "no-blocks"],
+)
 def test_bit_identical_when_the_method_is_off(flux, options):
     """Test 1 (model level; the server test repeats it through the sampler)."""
     x = inputs()
@@ -145,12 +160,15 @@ def test_negative_rows_are_plain_and_batch_rows_independent(flux):
 
 def capture_blocks(store):
     """patches_replace['dit'] entries that record every block's output (ComfyUI's block-replace patch point)."""
+
     def make(kind):
         def patch(args, extra):
             out = extra["original_block"](args)
             store.append({k: v.clone() for k, v in out.items()})
             return out
+
         return patch
+
     return {"dit": {(f"{kind}_block", i): make(kind) for kind in ("double", "single") for i in range(2)}}
 
 
@@ -173,15 +191,15 @@ def test_region_isolation(flux, dense):
     n_txt = plan.img_start
     for a, b in zip(*states):
         if "txt" in a:  # double block: separate streams
-            assert torch.equal(a["txt"][:, s1:s1 + n1], b["txt"][:, s1:s1 + n1])
+            assert torch.equal(a["txt"][:, s1 : s1 + n1], b["txt"][:, s1 : s1 + n1])
             assert torch.equal(a["img"][:, img1], b["img"][:, img1])
-            assert not torch.equal(a["txt"][:, s2:s2 + n2], b["txt"][:, s2:s2 + n2])
+            assert not torch.equal(a["txt"][:, s2 : s2 + n2], b["txt"][:, s2 : s2 + n2])
         else:  # single block: one joint sequence
-            assert torch.equal(a["img"][:, s1:s1 + n1], b["img"][:, s1:s1 + n1])
+            assert torch.equal(a["img"][:, s1 : s1 + n1], b["img"][:, s1 : s1 + n1])
             assert torch.equal(a["img"][:, n_txt + img1], b["img"][:, n_txt + img1])
     rows, cols = plan.masks.grid
     inside = plan.masks.hard[0].view(rows, cols).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    inside = inside[:HEIGHT // 8, :WIDTH // 8]
+    inside = inside[: HEIGHT // 8, : WIDTH // 8]
     assert torch.equal(outputs[0][..., inside], outputs[1][..., inside])
     assert not torch.equal(outputs[0][..., ~inside], outputs[1][..., ~inside])
 
@@ -190,8 +208,9 @@ def test_region_isolation(flux, dense):
 def test_thirty_two_regions_match_the_reference():
     """At least 32 regions: a 4 x 8 grid of masks on a 128 x 256 px picture (8 x 16 tokens)."""
     height, width = 128, 256
-    masks = torch.stack([rect(height, width, r * 16, (r + 1) * 16, c * 32, (c + 1) * 32)
-                         for r in range(4) for c in range(8)])
+    masks = torch.stack(
+        [rect(height, width, r * 16, (r + 1) * 16, c * 32, (c + 1) * 32) for r in range(4) for c in range(8)]
+    )
     tm = region_token_masks(masks, height // 8, width // 8, background=True)
     assert tm.hard.shape[0] == 33 and tm.disjoint  # the background takes the lower half
     gen = torch.Generator().manual_seed(32)
@@ -280,8 +299,9 @@ def test_every_cpu_attention_back_end_and_a_chained_override(flux, backend):
     assert torch.equal(run(flux, all_blocks, override=force_backend, **x), run(flux, all_blocks, **x))
 
 
-@pytest.mark.parametrize("double,single", [("every 2", "every 2"), ("0", "1"), ("none", "all"), ("all", "none"),
-                                           ("1", "0,2")])
+@pytest.mark.parametrize(
+    "double,single", [("every 2", "every 2"), ("0", "1"), ("none", "all"), ("all", "none"), ("1", "0,2")]
+)
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 @pytest.mark.parametrize("dense", [False, True], ids=["grouped", "dense"])
 def test_mixed_block_selections_match_the_official_rule(flux3, double, single, beta, dense):
@@ -317,8 +337,11 @@ def test_blocks_are_counted_when_the_host_does_not_name_them(flux3, double, sing
     from regional_layout.attention_patches.flux_patch import parse_blocks
 
     x = inputs()
-    wrapper = wrapper_for(regional_cond(embeds([3, 5]), background=True),
-                          double_blocks=parse_blocks(double, 3), single_blocks=parse_blocks(single, 3))
+    wrapper = wrapper_for(
+        regional_cond(embeds([3, 5]), background=True),
+        double_blocks=parse_blocks(double, 3),
+        single_blocks=parse_blocks(single, 3),
+    )
     named = run(flux3, wrapper, **x)
     assert torch.equal(run(flux3, wrapper, patches_replace=hide_block_info(), **x), named)
     assert not torch.equal(named, run(flux3, **x))

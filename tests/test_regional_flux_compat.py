@@ -115,9 +115,10 @@ def regional_parts(clip, width: int, height: int, base_prompt="a still life on a
 
     masks = torch.zeros(2, height, width)
     masks[0, :, : width // 2] = 1
-    masks[1, : height // 2, width // 2:] = 1
-    layout = RegionsFromMasks.execute(masks, "\n".join(graphs.REGION_PROMPTS), width, height, base_prompt,
-                                      "a photo", 0.0).args[0]
+    masks[1, : height // 2, width // 2 :] = 1
+    layout = RegionsFromMasks.execute(
+        masks, "\n".join(graphs.REGION_PROMPTS), width, height, base_prompt, "a photo", 0.0
+    ).args[0]
     base, regional = RegionalPromptEncode.execute(clip, layout).args
     return base, regional
 
@@ -153,7 +154,8 @@ def test_controlnet_sees_only_the_base_prompt(flux_parts):
     negative = nodes.ConditioningZeroOut().zero_out(positive)[0]
     hint = torch.linspace(0, 1, width).expand(1, height, width).unsqueeze(-1).expand(1, height, width, 3)
     positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
-        positive, negative, controlnet, hint.contiguous(), 1.0, 0.0, 1.0)
+        positive, negative, controlnet, hint.contiguous(), 1.0, 0.0, 1.0
+    )
     patched = patch(model, regional)
 
     flux = patched.get_model_object("diffusion_model")
@@ -174,11 +176,14 @@ def test_controlnet_sees_only_the_base_prompt(flux_parts):
         if override is not None and all(override is not o for o in seen["overrides"]):
             seen["overrides"].append(override)
 
-    handles = [control_model.register_forward_pre_hook(on_control, with_kwargs=True),
-               flux.txt_in.register_forward_pre_hook(on_txt_in)]
+    handles = [
+        control_model.register_forward_pre_hook(on_control, with_kwargs=True),
+        flux.txt_in.register_forward_pre_hook(on_txt_in),
+    ]
     handles += [b.register_forward_pre_hook(on_control_block, with_kwargs=True) for b in control_model.double_blocks]
-    handles += [b.register_forward_pre_hook(on_flux_block, with_kwargs=True)
-                for b in (*flux.double_blocks, *flux.single_blocks)]
+    handles += [
+        b.register_forward_pre_hook(on_flux_block, with_kwargs=True) for b in (*flux.double_blocks, *flux.single_blocks)
+    ]
     try:
         steps = 2
         sample(patched, positive, negative, width, height, steps=steps)
@@ -194,14 +199,16 @@ def test_controlnet_sees_only_the_base_prompt(flux_parts):
         assert torch.equal(context, base_tokens.to(context.dtype))
     for context in seen["flux"]:
         assert context.shape[1] == base_tokens.shape[1] + texts.shape[1] > base_tokens.shape[1]
-        assert torch.equal(context[:, texts.shape[1]:], base_tokens.to(context.dtype))
-        assert torch.equal(context[:, :texts.shape[1]], texts.to(context.dtype))
+        assert torch.equal(context[:, texts.shape[1] :], base_tokens.to(context.dtype))
+        assert torch.equal(context[:, : texts.shape[1]], texts.to(context.dtype))
     # The ControlNet's blocks get no transformer_options (so no attention override can reach them) ...
-    assert seen["controlnet_blocks"] and all(not opts.get("optimized_attention_override")
-                                             for opts in seen["controlnet_blocks"])
+    assert seen["controlnet_blocks"] and all(
+        not opts.get("optimized_attention_override") for opts in seen["controlnet_blocks"]
+    )
     # ... and each call's regional override ran exactly once per block of the diffusion model.
-    blocks = [("double", i) for i in range(len(flux.double_blocks))] + \
-             [("single", i) for i in range(len(flux.single_blocks))]
+    blocks = [("double", i) for i in range(len(flux.double_blocks))] + [
+        ("single", i) for i in range(len(flux.single_blocks))
+    ]
     assert len(seen["overrides"]) == steps
     for override in seen["overrides"]:
         assert override.calls == blocks
@@ -218,8 +225,9 @@ def test_lora_patches_map_and_strength_zero_is_exact(flux_parts, caplog):
 
     model, clip, _, nodes = flux_parts
     width, height = SIZE["width"], SIZE["height"]
-    lora = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(
-        folder_paths.get_full_path_or_raise("loras", graphs.FLUX_LORA), safe_load=True))
+    lora = comfy.lora_convert.convert_lora(
+        comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", graphs.FLUX_LORA), safe_load=True)
+    )
     with caplog.at_level(logging.WARNING):
         loaded = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]

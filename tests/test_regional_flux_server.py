@@ -37,8 +37,10 @@ def test_plain_regional_plain_and_off_switch(comfy_server):
     assert np.array_equal(off, plain)  # zero steps / no blocks: bit-identical in the unit tests
     # Same conditioning (a trailing space tokenizes the same) but a new cache key: the sampler runs again on the
     # same cached UNETLoader model that the patcher received.
-    again, result = image(comfy_server, graphs.regional_flux(patch=False, base_prompt=graphs.regional_flux.__kwdefaults__
-                                                             ["base_prompt"] + " ", **SIZE))
+    again, result = image(
+        comfy_server,
+        graphs.regional_flux(patch=False, base_prompt=graphs.regional_flux.__kwdefaults__["base_prompt"] + " ", **SIZE),
+    )
     assert "sampler" in result.executed_nodes
     assert np.array_equal(again, plain)
 
@@ -60,13 +62,13 @@ def test_changes_take_effect_and_cache_serves_repeats(comfy_server):
     """Test 6: a changed region prompt or mask changes the output on the next queue (no stale mask), and an
     unchanged prompt is served from ComfyUI's cache."""
     first, _ = image(comfy_server, graphs.regional_flux(seed=3, **SIZE))
-    reprompted, _ = image(comfy_server, graphs.regional_flux(seed=3, prompts=("a green pear", "a blue ceramic cup"),
-                                                             **SIZE))
+    reprompted, _ = image(
+        comfy_server, graphs.regional_flux(seed=3, prompts=("a green pear", "a blue ceramic cup"), **SIZE)
+    )
     assert np.abs(reprompted - first).max() > 0
     moved, _ = image(comfy_server, graphs.regional_flux(seed=3, boxes=[(0, 0, 48, 72), (48, 32, 64, 40)], **SIZE))
     assert np.abs(moved - first).max() > 0
-    repeat, result = image(comfy_server, graphs.regional_flux(seed=3, boxes=[(0, 0, 48, 72), (48, 32, 64, 40)],
-                                                              **SIZE))
+    repeat, result = image(comfy_server, graphs.regional_flux(seed=3, boxes=[(0, 0, 48, 72), (48, 32, 64, 40)], **SIZE))
     assert "sampler" in result.cached_nodes and "sampler" not in result.executed_nodes
     assert np.array_equal(repeat, moved)
 
@@ -80,13 +82,17 @@ def error_text(server, prompt: dict) -> str:
     return json.dumps(result.error)
 
 
-@pytest.mark.parametrize("change, expected", [
-    (dict(double_blocks="0-x"), "double_blocks"),
-    (dict(single_blocks="5"), "single_blocks"),
-    (dict(base_ratio=1.5), "base_ratio"),
-    (dict(prompts=("", "")), "prompt"),
-    (dict(background_prompt="", mask_value=0.0), "non-empty mask"),
-], ids=["double-blocks", "single-blocks", "beta", "no-prompts", "empty-masks"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(double_blocks="0-x"), "double_blocks"),
+        (dict(single_blocks="5"), "single_blocks"),
+        (dict(base_ratio=1.5), "base_ratio"),
+        (dict(prompts=("", "")), "prompt"),
+        (dict(background_prompt="", mask_value=0.0), "non-empty mask"),
+    ],
+    ids=["double-blocks", "single-blocks", "beta", "no-prompts", "empty-masks"],
+)
 def test_bad_input_gives_a_clear_error(comfy_server, change, expected):
     text = error_text(comfy_server, graphs.regional_flux(**{**SIZE, **change}))
     assert expected in text, text
@@ -97,8 +103,10 @@ def test_sd_latent_is_rejected(comfy_server):
     """A (non-empty) SD1.5 latent: ComfyUI only converts empty latents to the model's channels."""
     prompt = graphs.regional_flux(**SIZE)
     prompt["sd15"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": graphs.SD15}}
-    prompt["grey"] = {"class_type": "EmptyImage", "inputs": {"width": 112, "height": 72, "batch_size": 1,
-                                                              "color": 0x808080}}
+    prompt["grey"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 112, "height": 72, "batch_size": 1, "color": 0x808080},
+    }
     prompt["sd_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["grey", 0], "vae": ["sd15", 2]}}
     prompt["sampler"]["inputs"]["latent_image"] = ["sd_latent", 0]
     text = error_text(comfy_server, prompt)

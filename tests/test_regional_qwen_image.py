@@ -31,14 +31,17 @@ def regional_cond(lengths, *, seed=0, background=False, overlap=False, order=Non
     from regional_layout.attention_patches.regional_cond import RegionalConditioning
     from regional_layout.layout.regions import Region, RegionLayout
 
-    masks = layouts(HEIGHT, WIDTH)[overlap][:len(lengths)]
+    masks = layouts(HEIGHT, WIDTH)[overlap][: len(lengths)]
     gen = torch.Generator().manual_seed(seed)
     embeds = [torch.randn(1, n, CTX, generator=gen) for n in lengths]
     bg = torch.randn(1, 3, CTX, generator=torch.Generator().manual_seed(99)) if background else None
     regions = [Region(f"region {i}", m) for i, m in enumerate(masks)]
     order = order or range(len(lengths))
-    return RegionalConditioning(RegionLayout(WIDTH, HEIGHT, tuple(regions[i] for i in order), "base",
-                                             "bg" if background else ""), tuple(embeds[i] for i in order), bg)
+    return RegionalConditioning(
+        RegionLayout(WIDTH, HEIGHT, tuple(regions[i] for i in order), "base", "bg" if background else ""),
+        tuple(embeds[i] for i in order),
+        bg,
+    )
 
 
 def wrapper_for(cond, family=QWEN_IMAGE, **options):
@@ -50,8 +53,11 @@ def wrapper_for(cond, family=QWEN_IMAGE, **options):
 
 def inputs(batch=1, seed=0, refs=False):
     gen = torch.Generator().manual_seed(seed)
-    x = dict(x=torch.randn(batch, 16, 1, HEIGHT // 8, WIDTH // 8, generator=gen),
-             timestep=torch.full((batch,), 0.7), context=torch.randn(batch, BASE_LEN, CTX, generator=gen))
+    x = dict(
+        x=torch.randn(batch, 16, 1, HEIGHT // 8, WIDTH // 8, generator=gen),
+        timestep=torch.full((batch,), 0.7),
+        context=torch.randn(batch, BASE_LEN, CTX, generator=gen),
+    )
     if refs:  # Qwen-Image-Edit: a reference latent of another size, its tokens after the image's
         x["ref_latents"] = [torch.randn(batch, 16, 1, 9, 10, generator=gen)]
     return x
@@ -60,8 +66,11 @@ def inputs(batch=1, seed=0, refs=False):
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, patches_replace=None, **x):
     from regional_layout.attention_patches.flux_patch import PATCH_KEY
 
-    opts = {"cond_or_uncond": list(cond_or_uncond), "sigmas": torch.tensor([0.7]),
-            "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0])}
+    opts = {
+        "cond_or_uncond": list(cond_or_uncond),
+        "sigmas": torch.tensor([0.7]),
+        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
+    }
     if wrapper is not None:
         opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
     if override is not None:
@@ -77,7 +86,7 @@ def region_pixels(wrapper, index):
     plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, BASE_LEN)
     rows, cols = plan.masks.grid
     inside = plan.masks.hard[index].view(rows, cols).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    return inside[:HEIGHT // 8, :WIDTH // 8]
+    return inside[: HEIGHT // 8, : WIDTH // 8]
 
 
 def own_positions_from_scratch(model, x, text_lens, ref_latents=None):
@@ -142,10 +151,12 @@ def test_a_single_region_over_everything_is_that_prompt_alone(qwen):
 
     x = inputs()
     text = torch.randn(1, 5, CTX, generator=torch.Generator().manual_seed(4))
-    cond = RegionalConditioning(RegionLayout(WIDTH, HEIGHT, (Region("all", torch.ones(HEIGHT, WIDTH)),), "base", ""),
-                                (text,), None)
-    torch.testing.assert_close(run(qwen, wrapper_for(cond), **x), run(qwen, **{**x, "context": text}),
-                               atol=1e-5, rtol=0)
+    cond = RegionalConditioning(
+        RegionLayout(WIDTH, HEIGHT, (Region("all", torch.ones(HEIGHT, WIDTH)),), "base", ""), (text,), None
+    )
+    torch.testing.assert_close(
+        run(qwen, wrapper_for(cond), **x), run(qwen, **{**x, "context": text}), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("options", [dict(beta=1.0), dict(control_steps=0)], ids=["beta-1", "zero-steps"])
@@ -180,8 +191,9 @@ def test_matches_the_naive_reference(qwen, blocks, overlap, refs):
     regional stream in the others) with a background region, every text at its own positions computed from
     scratch; with Qwen-Image-Edit's reference-latent tokens after the image (base attention only)."""
     x = inputs(refs=refs)
-    wrapper = wrapper_for(regional_cond([3, 5], background=True, overlap=overlap), beta=0.3,
-                          double_blocks=frozenset(blocks))
+    wrapper = wrapper_for(
+        regional_cond([3, 5], background=True, overlap=overlap), beta=0.3, double_blocks=frozenset(blocks)
+    )
     ours = run(qwen, wrapper, **x)
     plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, BASE_LEN, 5 * 5 if refs else 0)
     assert plan.dense == overlap
@@ -229,8 +241,13 @@ def test_a_text_mask_that_pads_nothing_is_dropped_and_padding_is_refused(qwen):
     wrapper = wrapper_for(regional_cond([3, 5]))
     opts = {"cond_or_uncond": [0], "wrappers": {"diffusion_model": {PATCH_KEY: [wrapper]}}}
     with torch.no_grad():
-        kept = qwen(x["x"], x["timestep"], x["context"], torch.ones(1, BASE_LEN, dtype=torch.long),
-                    transformer_options=dict(opts))
+        kept = qwen(
+            x["x"],
+            x["timestep"],
+            x["context"],
+            torch.ones(1, BASE_LEN, dtype=torch.long),
+            transformer_options=dict(opts),
+        )
         assert torch.equal(kept, run(qwen, wrapper, **x))
         padded = torch.ones(1, BASE_LEN, dtype=torch.long)
         padded[:, -2:] = 0
@@ -257,16 +274,24 @@ def test_the_patch_node_detects_qwen_image(qwen):
     model = comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
     assert model_family(model) == (QWEN_IMAGE, qwen)
     cond = regional_cond([3, 5])
-    node_inputs = dict(model=model, regional_cond=cond, base_ratio=0.0, control_steps=2, double_blocks="1",
-                       single_blocks="all", feather=0.0)
+    node_inputs = dict(
+        model=model,
+        regional_cond=cond,
+        base_ratio=0.0,
+        control_steps=2,
+        double_blocks="1",
+        single_blocks="all",
+        feather=0.0,
+    )
     patched = RegionalFluxPatch.execute(**node_inputs).result[0]
     (wrapper,) = patched.wrappers["diffusion_model"][PATCH_KEY]
     assert wrapper.family is QWEN_IMAGE
     assert wrapper.options.double_blocks == {1} and not wrapper.options.single_blocks
     assert not model.wrappers.get("diffusion_model")
     x = inputs()
-    torch.testing.assert_close(run(qwen, wrapper, **x),
-                               run(qwen, wrapper_for(cond, double_blocks=frozenset({1})), **x), atol=0, rtol=0)
+    torch.testing.assert_close(
+        run(qwen, wrapper, **x), run(qwen, wrapper_for(cond, double_blocks=frozenset({1})), **x), atol=0, rtol=0
+    )
     with pytest.raises(ValueError, match="single_blocks: Qwen-Image has no single-stream blocks"):
         RegionalFluxPatch.execute(**{**node_inputs, "single_blocks": "0"})
     narrow = type(cond)(cond.layout, tuple(e[..., :32] for e in cond.embeds), None)

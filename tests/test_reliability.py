@@ -39,6 +39,7 @@ def run_ok(server, prompt: dict, **kwargs):
 # ---------------------------------------------------------------------------------------------------------
 # The prompts the soak mixes (tiny sizes: the point is many prompts, not big ones)
 
+
 def plain_flux() -> dict:
     return graphs.regional_flux(width=64, height=64, steps=1, patch=False)
 
@@ -51,28 +52,49 @@ def regional_flux(rng: random.Random, steps: int = 1) -> dict:
         w, h = rng.randint(8, width // 2), rng.randint(8, height // 2)
         boxes.append((rng.randint(0, width - w), rng.randint(0, height - h), w, h))
         prompts.append(f"object {i} {rng.choice(['red', 'green', 'blue', 'gold'])} {rng.randint(0, 999)}")
-    return graphs.regional_flux(width=width, height=height, steps=steps, seed=rng.randint(0, 9), prompts=prompts,
-                                boxes=boxes, base_ratio=rng.choice([0.0, 0.2, 0.5]),
-                                control_steps=rng.choice([1, 10]), feather=rng.choice([0.0, 0.0, 4.0]))
+    return graphs.regional_flux(
+        width=width,
+        height=height,
+        steps=steps,
+        seed=rng.randint(0, 9),
+        prompts=prompts,
+        boxes=boxes,
+        base_ratio=rng.choice([0.0, 0.2, 0.5]),
+        control_steps=rng.choice([1, 10]),
+        feather=rng.choice([0.0, 0.0, 4.0]),
+    )
 
 
 def editor_layout(rng: random.Random) -> dict:
-    regions = [{"prompt": f"thing {i}", "shapes": [{"type": "rect", "x": rng.random() * 0.5, "y": rng.random() * 0.5,
-                                                   "w": 0.1 + rng.random() * 0.4, "h": 0.1 + rng.random() * 0.4}]}
-               for i in range(rng.randint(1, 6))]
-    return graphs.region_layout_preview(width=rng.choice([64, 96, 128]), height=rng.choice([64, 96]),
-                                        regions=regions)
+    regions = [
+        {
+            "prompt": f"thing {i}",
+            "shapes": [
+                {
+                    "type": "rect",
+                    "x": rng.random() * 0.5,
+                    "y": rng.random() * 0.5,
+                    "w": 0.1 + rng.random() * 0.4,
+                    "h": 0.1 + rng.random() * 0.4,
+                }
+            ],
+        }
+        for i in range(rng.randint(1, 6))
+    ]
+    return graphs.region_layout_preview(width=rng.choice([64, 96, 128]), height=rng.choice([64, 96]), regions=regions)
 
 
 def lsregen(rng: random.Random) -> dict:
-    prompt = graphs.lsregen_pipeline(width=128, height=128, prior_size=64, steps=3, inversion_steps=2,
-                                     seed=rng.randint(0, 9)).finalize()
+    prompt = graphs.lsregen_pipeline(
+        width=128, height=128, prior_size=64, steps=3, inversion_steps=2, seed=rng.randint(0, 9)
+    ).finalize()
     prompt["prior"]["inputs"]["steps"] = 2
     return prompt
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Soak
+
 
 @pytest.fixture(scope="module")
 def soak_server(tiny_models):
@@ -88,8 +110,15 @@ def run_interrupted(server, prompt: dict) -> str:
     prompt_id = server.queue(prompt)
     deadline = time.monotonic() + 300
     while not any(e["type"] == "progress" for e in server.events_for(prompt_id)):
-        if any(e["type"].startswith("execution_") and e["type"] != "execution_start" and e["type"] != "execution_cached"
-               for e in server.events_for(prompt_id)) or time.monotonic() > deadline:
+        if (
+            any(
+                e["type"].startswith("execution_")
+                and e["type"] != "execution_start"
+                and e["type"] != "execution_cached"
+                for e in server.events_for(prompt_id)
+            )
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.05)
     server.interrupt(prompt_id)
@@ -99,9 +128,28 @@ def run_interrupted(server, prompt: dict) -> str:
 def soak_schedule(count: int) -> list[str]:
     """The kinds of prompt, in order: cycles of 20 that mix every kind, grouped in short runs because ComfyUI's
     cache drops the loaders a prompt does not use (every switch of model family reloads models from disk)."""
-    cycle = ["plain", "regional", "regional", "regional", "regional", "interrupt", "plain", "regional", "regional",
-             "regional", "regional", "interrupt", "editor", "editor", "editor", "lsregen", "plain", "regional",
-             "regional", "regional"]  # never two plain prompts in a row: the second would come from the cache
+    cycle = [
+        "plain",
+        "regional",
+        "regional",
+        "regional",
+        "regional",
+        "interrupt",
+        "plain",
+        "regional",
+        "regional",
+        "regional",
+        "regional",
+        "interrupt",
+        "editor",
+        "editor",
+        "editor",
+        "lsregen",
+        "plain",
+        "regional",
+        "regional",
+        "regional",
+    ]  # never two plain prompts in a row: the second would come from the cache
     return [cycle[i % len(cycle)] for i in range(count)]
 
 
@@ -110,8 +158,12 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
     the very same image as at the start, memory stays flat after warm-up and the log holds no traceback."""
     server, rng = soak_server, random.Random(7)
     reference = pixels(server, run_ok(server, plain_flux()))[0]
-    makers = {"plain": plain_flux, "regional": lambda: regional_flux(rng), "editor": lambda: editor_layout(rng),
-              "lsregen": lambda: lsregen(rng)}
+    makers = {
+        "plain": plain_flux,
+        "regional": lambda: regional_flux(rng),
+        "editor": lambda: editor_layout(rng),
+        "lsregen": lambda: lsregen(rng),
+    }
     # Warm-up: one cycle, so every model has been loaded before the memory baseline.
     for kind in soak_schedule(20):
         if kind != "interrupt":
@@ -130,8 +182,10 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
             assert np.array_equal(pixels(server, result)[0], reference), f"prompt {i}: plain FLUX changed"
     final = server.rss_bytes()
     growth = (final - baseline) / baseline
-    print(f"\nsoak: {SOAK_COUNT} prompts {counts} in {time.monotonic() - started:.0f} s; server RSS after warm-up "
-          f"{baseline / 2**30:.2f} GiB, at the end {final / 2**30:.2f} GiB ({growth:+.1%})")
+    print(
+        f"\nsoak: {SOAK_COUNT} prompts {counts} in {time.monotonic() - started:.0f} s; server RSS after warm-up "
+        f"{baseline / 2**30:.2f} GiB, at the end {final / 2**30:.2f} GiB ({growth:+.1%})"
+    )
     assert counts["plain"] >= SOAK_COUNT // 10
     assert growth < MAX_RSS_GROWTH
     assert server.tracebacks() == []
@@ -139,6 +193,7 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
 
 # ---------------------------------------------------------------------------------------------------------
 # Two clients, forced unloading (a server without a cache: every prompt really runs)
+
 
 @pytest.fixture(scope="module")
 def uncached_server(tiny_models):
@@ -178,8 +233,11 @@ def test_two_clients_interleaved_match_sequential_runs(uncached_server):
             assert np.array_equal(pixels(server, result)[0], expected)
 
 
-@pytest.mark.parametrize("make", [lambda: regional_flux(random.Random(5)), lambda: lsregen(random.Random(5))],
-                         ids=["regional_flux", "lsregen"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: regional_flux(random.Random(5)), lambda: lsregen(random.Random(5))],
+    ids=["regional_flux", "lsregen"],
+)
 def test_unloading_models_between_prompts_changes_nothing(uncached_server, make):
     server = uncached_server
     first = pixels(server, run_ok(server, make()))
@@ -192,6 +250,7 @@ def test_unloading_models_between_prompts_changes_nothing(uncached_server, make)
 
 # ---------------------------------------------------------------------------------------------------------
 # ComfyUI's cache
+
 
 def descendants(prompt: dict, node_id: str) -> set[str]:
     """Nodes that depend on `node_id` (directly or not), plus itself."""
@@ -219,14 +278,16 @@ def test_cache_reruns_exactly_what_a_change_touches(comfy_server):
     assert not pack_nodes & set(again.executed_nodes), "an unchanged prompt re-ran the pack's nodes"
 
     # Change one region's prompt: what depends on the regions re-runs, nothing else.
-    changed = graphs.regional_flux(width=64, height=64, steps=1, overlay=True,
-                                   prompts=(graphs.REGION_PROMPTS[0], "a green pear"))
+    changed = graphs.regional_flux(
+        width=64, height=64, steps=1, overlay=True, prompts=(graphs.REGION_PROMPTS[0], "a green pear")
+    )
     result = run_ok(server, changed)
     assert set(result.executed_nodes) == descendants(changed, regions_node(changed))
 
     # Change one mask (its SolidMask value): the mask chain and what depends on it re-run.
-    masked = graphs.regional_flux(width=64, height=64, steps=1, overlay=True,
-                                  prompts=(graphs.REGION_PROMPTS[0], "a green pear"), mask_value=0.5)
+    masked = graphs.regional_flux(
+        width=64, height=64, steps=1, overlay=True, prompts=(graphs.REGION_PROMPTS[0], "a green pear"), mask_value=0.5
+    )
     result = run_ok(server, masked)
     touched = {k for k in masked if masked[k] != changed.get(k)}
     assert touched, "the mask change did not change the prompt"

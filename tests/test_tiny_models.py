@@ -11,8 +11,13 @@ import torch
 
 from rl_devkit import tiny_models as tm
 
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "F8_E4M3": torch.float8_e4m3fn, "I64": torch.int64}
+SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "I64": torch.int64,
+}
 
 
 def meta_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -29,10 +34,13 @@ def files(tiny_models) -> dict[str, Path]:
     return {m.name: tiny_models / m.path for m in tm.tiny_models()}
 
 
-@pytest.mark.parametrize("name, expected, guidance", [
-    ("flux1-dev.safetensors", "Flux", True),
-    ("flux1-schnell.safetensors", "FluxSchnell", False),
-])
+@pytest.mark.parametrize(
+    "name, expected, guidance",
+    [
+        ("flux1-dev.safetensors", "Flux", True),
+        ("flux1-schnell.safetensors", "FluxSchnell", False),
+    ],
+)
 def test_flux_files_are_detected_as_flux(files, name, expected, guidance):
     from comfy import model_detection
 
@@ -41,10 +49,13 @@ def test_flux_files_are_detected_as_flux(files, name, expected, guidance):
     assert config.unet_config["hidden_size"] == 3072 and config.unet_config["guidance_embed"] is guidance
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("sd_xl_base_1.0.safetensors", "SDXL"),
-    ("v1-5-pruned-emaonly.safetensors", "SD15"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("sd_xl_base_1.0.safetensors", "SDXL"),
+        ("v1-5-pruned-emaonly.safetensors", "SD15"),
+    ],
+)
 def test_checkpoints_are_detected_with_their_text_encoders(files, name, expected):
     from comfy import model_detection
 
@@ -55,13 +66,18 @@ def test_checkpoints_are_detected_with_their_text_encoders(files, name, expected
     vae_keys = [k for k in sd if k.startswith("first_stage_model.")]
     assert clip_keys and vae_keys, "a checkpoint carries its text encoder(s) and VAE"
     if expected == "SDXL":
-        assert any("conditioner.embedders.1.model" in k for k in clip_keys), "SDXL needs its second (OpenCLIP-G) encoder"
+        assert any("conditioner.embedders.1.model" in k for k in clip_keys), (
+            "SDXL needs its second (OpenCLIP-G) encoder"
+        )
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("clip_l.safetensors", "CLIP_L"),
-    ("t5xxl_fp8_e4m3fn.safetensors", "T5_XXL"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("clip_l.safetensors", "CLIP_L"),
+        ("t5xxl_fp8_e4m3fn.safetensors", "T5_XXL"),
+    ],
+)
 def test_text_encoders_are_detected(files, name, expected):
     import comfy.sd
 

@@ -146,8 +146,9 @@ def test_a_feather_makes_a_hard_region_soft_with_sigma_half_the_feather():
     radius, sigma = 3, 1.0
     kernel = [math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)]
     step = lambda col: 1.0 if min(max(col, 0), 7) < 4 else 0.0  # noqa: E731  latent columns 0..3 are inside
-    latent = [sum(k * step(col + t) for k, t in zip(kernel, range(-radius, radius + 1))) / sum(kernel)
-              for col in range(8)]
+    latent = [
+        sum(k * step(col + t) for k, t in zip(kernel, range(-radius, radius + 1))) / sum(kernel) for col in range(8)
+    ]
     expected = torch.tensor([(latent[2 * c] + latent[2 * c + 1]) / 2 for c in range(4)])
     torch.testing.assert_close(coverage[0], expected, atol=1e-6, rtol=0)
     assert torch.equal(coverage[0], coverage[3])  # rows: the edge is vertical

@@ -83,9 +83,11 @@ class Browser:
 
     def js(self, body: str, *args):
         """Run `body` as an async function (arguments[0..]); returns its JSON-serialisable result."""
-        wrapper = ("const done = arguments[arguments.length - 1];"
-                   f"(async (...args) => {{ {body} }})(...Array.from(arguments).slice(0, -1))"
-                   ".then((v) => done({ok: v}), (e) => done({error: String(e && e.stack || e)}));")
+        wrapper = (
+            "const done = arguments[arguments.length - 1];"
+            f"(async (...args) => {{ {body} }})(...Array.from(arguments).slice(0, -1))"
+            ".then((v) => done({ok: v}), (e) => done({error: String(e && e.stack || e)}));"
+        )
         result = self.driver.execute_async_script(wrapper, *args)
         if "error" in result:
             raise RuntimeError(result["error"])
@@ -93,9 +95,12 @@ class Browser:
 
     def open_frontend(self, timeout: float = 90.0) -> None:
         self.driver.get(self.base_url)
-        self.wait_for("window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler "
-                      "&& document.querySelector('.graph-canvas-container, canvas#graph-canvas')",
-                      timeout, "the ComfyUI frontend to load")
+        self.wait_for(
+            "window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler "
+            "&& document.querySelector('.graph-canvas-container, canvas#graph-canvas')",
+            timeout,
+            "the ComfyUI frontend to load",
+        )
         self.driver.execute_script(TOAST_RECORDER)
 
     def toasts(self) -> list[str]:
@@ -119,13 +124,16 @@ def screenshot_node(browser: Browser, node_id: str):
     """A PIL image of one node of the graph as the page shows it (8 pixels of margin)."""
     from PIL import Image
 
-    box = browser.js("""
+    box = browser.js(
+        """
         const app = window.comfyAPI.app.app;
         const node = app.graph.getNodeById(Number(args[0]));
         const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
         const x = r.left + (node.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (node.pos[1] + ds.offset[1]) * ds.scale;
         return [x - 8, y - LiteGraph.NODE_TITLE_HEIGHT - 8, x + node.size[0] * ds.scale + 8,
                 y + node.size[1] * ds.scale + 8];
-    """, node_id)
+    """,
+        node_id,
+    )
     shot = Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
     return shot.crop(tuple(int(v) for v in box))

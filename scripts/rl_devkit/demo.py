@@ -48,7 +48,9 @@ class ProgressPrinter:
         data = event.get("data", {})
         if event["type"] == "executing" and data.get("node") is not None:
             node = data["node"]
-            title = self.prompt.get(node, {}).get("_meta", {}).get("title") or self.prompt.get(node, {}).get("class_type")
+            title = self.prompt.get(node, {}).get("_meta", {}).get("title") or self.prompt.get(node, {}).get(
+                "class_type"
+            )
             print(f"    node {node}: {title}", flush=True)
         elif event["type"] == "progress":
             print(f"      step {data['value']}/{data['max']}", end="\r", flush=True)

@@ -93,7 +93,9 @@ def _pip_install_keeping_torch(python: Path, *requirement_args: str) -> None:
 def _host_requirements(comfyui: Path) -> list[str]:
     lines = (comfyui / "requirements.txt").read_text().splitlines()
     keep = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    keep = [line for line in keep if line.split("=")[0].split("<")[0].split(">")[0].strip() not in DROPPED_HOST_REQUIREMENTS]
+    keep = [
+        line for line in keep if line.split("=")[0].split("<")[0].split(">")[0].strip() not in DROPPED_HOST_REQUIREMENTS
+    ]
     return keep + HOST_EXTRA_REQUIREMENTS
 
 

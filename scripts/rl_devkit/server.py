@@ -98,9 +98,18 @@ def free_port() -> int:
 class ComfyServer:
     """One `main.py` process with this pack loaded and models from `models_dir`."""
 
-    def __init__(self, comfyui: Path, pack_root: Path, models_dir: Path | None = None, *,
-                 python: str | None = None, extra_flags: tuple[str, ...] = (), run_dir: Path | None = None,
-                 port: int | None = None, extra_custom_nodes: tuple[Path, ...] = ()):
+    def __init__(
+        self,
+        comfyui: Path,
+        pack_root: Path,
+        models_dir: Path | None = None,
+        *,
+        python: str | None = None,
+        extra_flags: tuple[str, ...] = (),
+        run_dir: Path | None = None,
+        port: int | None = None,
+        extra_custom_nodes: tuple[Path, ...] = (),
+    ):
         self.comfyui = Path(comfyui)
         self.pack_root = Path(pack_root)
         self.models_dir = Path(models_dir) if models_dir else None
@@ -139,17 +148,33 @@ class ComfyServer:
     def start(self, timeout: float = 240.0) -> "ComfyServer":
         for sub in ("output", "input", "temp", "user"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        cmd = [self.python, "main.py", *self.flags, "--listen", "127.0.0.1", "--port", str(self.port),
-               "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
-               "--temp-directory", str(self.run_dir / "temp"), "--user-directory", str(self.run_dir / "user"),
-               "--database-url", "sqlite:///:memory:"]
+        cmd = [
+            self.python,
+            "main.py",
+            *self.flags,
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--output-directory",
+            str(self.output_dir),
+            "--input-directory",
+            str(self.input_dir),
+            "--temp-directory",
+            str(self.run_dir / "temp"),
+            "--user-directory",
+            str(self.run_dir / "user"),
+            "--database-url",
+            "sqlite:///:memory:",
+        ]
         config = self._write_extra_paths()
         if config:
             cmd += ["--extra-model-paths-config", str(config)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self._wait_ready(timeout)
         self._connect_websocket()
         return self
@@ -272,10 +297,15 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self.get_json("/object_info")
 
-    def queue(self, prompt: dict, *, prompt_id: str | None = None, extra_data: dict | None = None,
-              client_id: str | None = None) -> str:
-        body = {"prompt": prompt, "client_id": client_id or self.client_id,
-                "prompt_id": prompt_id or str(uuid.uuid4())}
+    def queue(
+        self,
+        prompt: dict,
+        *,
+        prompt_id: str | None = None,
+        extra_data: dict | None = None,
+        client_id: str | None = None,
+    ) -> str:
+        body = {"prompt": prompt, "client_id": client_id or self.client_id, "prompt_id": prompt_id or str(uuid.uuid4())}
         if extra_data:
             body["extra_data"] = extra_data
         try:
@@ -329,8 +359,9 @@ class ComfyServer:
                 self._events_lock.wait(1.0)
         status = final[0]["type"].removeprefix("execution_")
         outputs = self._history_outputs(prompt_id) if status == "success" else {}
-        return PromptResult(prompt_id, status, outputs, self.events_for(prompt_id),
-                            self._node_errors.get(prompt_id, {}))
+        return PromptResult(
+            prompt_id, status, outputs, self.events_for(prompt_id), self._node_errors.get(prompt_id, {})
+        )
 
     def _history_outputs(self, prompt_id: str) -> dict:
         # The history entry is written just after the final websocket event.
@@ -372,4 +403,3 @@ class ComfyServer:
         failed += re.findall(r"Cannot import (.*) module for custom nodes", self.log_text())
         failed += re.findall(r"Error while calling comfy_entrypoint in (.*)", self.log_text())
         return [f for f in failed if not f.strip().endswith(EXPECTED_IMPORT_FAILURES)]
-

@@ -45,54 +45,98 @@ GLIGEN_GATE = 1.0
 
 # What ComfyUI's model detection derives from a FLUX.1 file (heads, axes and widths are hard-coded there).
 FLUX_DIT: dict[str, Any] = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
-    "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "axes_dim": [16, 56, 56],
-    "theta": 10000, "qkv_bias": True,
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "vec_in_dim": 768,
+    "context_in_dim": 4096,
+    "hidden_size": 3072,
+    "mlp_ratio": 4.0,
+    "num_heads": 24,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "qkv_bias": True,
 }
 # UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
 _UNET_COMMON: dict[str, Any] = {
-    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-    "in_channels": 4, "out_channels": 4, "model_channels": 320,
-    "use_temporal_resblock": False, "use_temporal_attention": False,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
 }
 SD15_UNET: dict[str, Any] = {
-    **_UNET_COMMON, "adm_in_channels": None, "context_dim": 768, "use_linear_in_transformer": False,
-    "channel_mult": [1, 1], "num_res_blocks": [1, 1], "transformer_depth": [1, 1],
-    "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
+    **_UNET_COMMON,
+    "adm_in_channels": None,
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+    "channel_mult": [1, 1],
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1],
 }
 # SDXL is told apart from SSD-1B, Vega and KOALA by its input transformer depths alone, so those stay real.
 SDXL_UNET: dict[str, Any] = {
-    **_UNET_COMMON, "num_classes": "sequential", "adm_in_channels": 2816, "context_dim": 2048,
-    "use_linear_in_transformer": True, "channel_mult": [1, 1, 1], "num_res_blocks": [2, 2, 2],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 1,
+    **_UNET_COMMON,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "context_dim": 2048,
+    "use_linear_in_transformer": True,
+    "channel_mult": [1, 1, 1],
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_middle": 1,
     "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
 }
 _KL_VAE: dict[str, Any] = {
-    "double_z": True, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+    "double_z": True,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
 }
 GLIGEN_KEY_DIM = 768  # SD1.x: ComfyUI's GLIGEN loader then uses 8 heads
 GLIGEN_HEADS = 8
 # A FLUX LoRA in the plain "diffusion_model.<layer>.lora_up/lora_down/alpha" layout that ComfyUI maps for FLUX.
 # With alpha = rank, up ~ N(0, 1/rank) and down ~ N(0, 1/fan_in) give a weight change as large as the weight itself.
 FLUX_LORA_RANK = 4
-FLUX_LORA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mlp.0",
-                    "single_blocks.0.linear1", "single_blocks.0.linear2")
+FLUX_LORA_LAYERS = (
+    "double_blocks.0.img_attn.qkv",
+    "double_blocks.0.txt_attn.qkv",
+    "double_blocks.0.img_mlp.0",
+    "single_blocks.0.linear1",
+    "single_blocks.0.linear2",
+)
 # An XLabs-format FLUX ControlNet (what ComfyUI's loader routes to load_controlnet_flux_xlabs_mistoline): the
 # FLUX.1 trunk without final layer, controlnet_blocks and the hint encoder; real ones have 2 double blocks, 0 single.
 FLUX_CONTROLNET_DOUBLE_BLOCKS = 1
 
-_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3",
-                       "int64": "I64"}
+_SAFETENSORS_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "int64": "I64",
+}
 _EMBEDDING_KEY = re.compile(r"(embedding(\.weight)?|shared\.weight|relative_attention_bias\.weight)$")
 _GATE_LEAVES = ("alpha_attn", "alpha_dense")
 
 
 @dataclass(frozen=True)
 class TinyModel:
-    path: str                       # relative to the output folder: "<ComfyUI models folder>/<real file name>"
-    dtype: str                      # torch dtype of the floating-point tensors on disk
-    build: Callable[..., dict]      # returns {on-disk key: tensor}; meta tensors get seeded random values
+    path: str  # relative to the output folder: "<ComfyUI models folder>/<real file name>"
+    dtype: str  # torch dtype of the floating-point tensors on disk
+    build: Callable[..., dict]  # returns {on-disk key: tensor}; meta tensors get seeded random values
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of `build`
 
     @property
@@ -101,8 +145,9 @@ class TinyModel:
 
     def recipe(self) -> dict[str, Any]:
         """Everything that decides the file's bytes, as stored in the manifest (a change regenerates it)."""
-        return json.loads(json.dumps({"dtype": self.dtype, "build": self.build.__name__, "params": self.params,
-                                      "seed": BASE_SEED}))
+        return json.loads(
+            json.dumps({"dtype": self.dtype, "build": self.build.__name__, "params": self.params, "seed": BASE_SEED})
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,27 +159,40 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
     flux_depths = {"depth": FLUX_DOUBLE_BLOCKS, "depth_single_blocks": FLUX_SINGLE_BLOCKS}
     models = [
         TinyModel("diffusion_models/flux1-dev.safetensors", "bfloat16", _flux, {"guidance_embed": True, **flux_depths}),
-        TinyModel("diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux,
-                  {"guidance_embed": False, **flux_depths}),
+        TinyModel(
+            "diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux, {"guidance_embed": False, **flux_depths}
+        ),
         TinyModel("diffusion_models/Chroma1-HD.safetensors", "bfloat16", _chroma, flux_depths),
         TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
         TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
-        TinyModel("checkpoints/sd_xl_base_1.0.safetensors", "float16", _checkpoint, {"family": "SDXL", "unet": SDXL_UNET}),
-        TinyModel("checkpoints/v1-5-pruned-emaonly.safetensors", "float16", _checkpoint,
-                  {"family": "SD15", "unet": SD15_UNET}),
+        TinyModel(
+            "checkpoints/sd_xl_base_1.0.safetensors", "float16", _checkpoint, {"family": "SDXL", "unet": SDXL_UNET}
+        ),
+        TinyModel(
+            "checkpoints/v1-5-pruned-emaonly.safetensors", "float16", _checkpoint, {"family": "SD15", "unet": SD15_UNET}
+        ),
         TinyModel("gligen/gligen_sd14_textbox_pruned.safetensors", "float16", _gligen, {"unet": SD15_UNET}),
-        TinyModel("loras/flux_tiny_lora.safetensors", "bfloat16", _flux_lora,
-                  {"layers": list(FLUX_LORA_LAYERS), "rank": FLUX_LORA_RANK, **flux_depths}),
-        TinyModel("controlnet/flux_tiny_controlnet_xlabs.safetensors", "bfloat16", _flux_controlnet_xlabs,
-                  {"depth": FLUX_CONTROLNET_DOUBLE_BLOCKS}),
+        TinyModel(
+            "loras/flux_tiny_lora.safetensors",
+            "bfloat16",
+            _flux_lora,
+            {"layers": list(FLUX_LORA_LAYERS), "rank": FLUX_LORA_RANK, **flux_depths},
+        ),
+        TinyModel(
+            "controlnet/flux_tiny_controlnet_xlabs.safetensors",
+            "bfloat16",
+            _flux_controlnet_xlabs,
+            {"depth": FLUX_CONTROLNET_DOUBLE_BLOCKS},
+        ),
     ]
     if include_t5:
         models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
     return models
 
 
-def ensure_tiny_models(out_dir: str | os.PathLike, *, include_t5: bool = True,
-                       log: Callable[[str], Any] = print) -> dict[str, Path]:
+def ensure_tiny_models(
+    out_dir: str | os.PathLike, *, include_t5: bool = True, log: Callable[[str], Any] = print
+) -> dict[str, Path]:
     """Write the missing tiny models into `out_dir`; returns file name -> path for every requested model.
 
     Complete files (recorded in the manifest with the same recipe and size) are kept, so a second call only
@@ -153,9 +211,19 @@ def ensure_tiny_models(out_dir: str | os.PathLike, *, include_t5: bool = True,
     return {m.name: out / m.path for m in wanted}
 
 
-def small_flux(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth_single_blocks: int = 2,
-               guidance_embed: bool = True, seed: int = 0, dtype: torch.dtype | None = None, *,
-               context_in_dim: int = 64, vec_in_dim: int = 32, axes_dim: list[int] | None = None) -> Flux:
+def small_flux(
+    hidden_size: int = 128,
+    num_heads: int = 2,
+    depth: int = 2,
+    depth_single_blocks: int = 2,
+    guidance_embed: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    *,
+    context_in_dim: int = 64,
+    vec_in_dim: int = 32,
+    axes_dim: list[int] | None = None,
+) -> Flux:
     """A small FLUX built from ComfyUI's own class with seeded random weights, for fast unit tests.
 
     Latents have 16 channels in 2x2 patches (64 inputs per token) like FLUX.1; `dtype` defaults to float32.
@@ -168,40 +236,85 @@ def small_flux(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    model = Flux(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=vec_in_dim,
-                 context_in_dim=context_in_dim, hidden_size=hidden_size, mlp_ratio=4.0, num_heads=num_heads,
-                 depth=depth, depth_single_blocks=depth_single_blocks,
-                 axes_dim=list(axes_dim) if axes_dim else flux_axes_dim(hidden_size // num_heads),
-                 theta=10000, qkv_bias=True, guidance_embed=guidance_embed, dtype=dtype or torch.float32,
-                 device="cpu", operations=comfy.ops.manual_cast)  # manual_cast: any input dtype works
+    model = Flux(
+        image_model="flux",
+        in_channels=16,
+        out_channels=16,
+        patch_size=2,
+        vec_in_dim=vec_in_dim,
+        context_in_dim=context_in_dim,
+        hidden_size=hidden_size,
+        mlp_ratio=4.0,
+        num_heads=num_heads,
+        depth=depth,
+        depth_single_blocks=depth_single_blocks,
+        axes_dim=list(axes_dim) if axes_dim else flux_axes_dim(hidden_size // num_heads),
+        theta=10000,
+        qkv_bias=True,
+        guidance_embed=guidance_embed,
+        dtype=dtype or torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )  # manual_cast: any input dtype works
     with torch.no_grad():  # ComfyUI's ops leave weights uninitialised
         for key, param in model.named_parameters():
             param.copy_(init_value(key, tuple(param.shape), seed))
     return model.eval().requires_grad_(False)
 
 
-def small_chroma(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, depth_single_blocks: int = 2,
-                 seed: int = 0, *, context_in_dim: int = 64):
+def small_chroma(
+    hidden_size: int = 128,
+    num_heads: int = 2,
+    depth: int = 2,
+    depth_single_blocks: int = 2,
+    seed: int = 0,
+    *,
+    context_in_dim: int = 64,
+):
     """A small Chroma (FLUX blocks without the pooled vector; modulations from the distilled guidance layer) from
     ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels in 2x2 patches."""
     import torch
     import comfy.ops
     from comfy.ldm.chroma.model import Chroma
 
-    model = Chroma(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=context_in_dim,
-                   hidden_size=hidden_size, mlp_ratio=4.0, num_heads=num_heads, depth=depth,
-                   depth_single_blocks=depth_single_blocks, axes_dim=flux_axes_dim(hidden_size // num_heads),
-                   theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden_size, hidden_dim=64,
-                   n_layers=1, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+    model = Chroma(
+        image_model="chroma",
+        in_channels=64,
+        out_channels=64,
+        context_in_dim=context_in_dim,
+        hidden_size=hidden_size,
+        mlp_ratio=4.0,
+        num_heads=num_heads,
+        depth=depth,
+        depth_single_blocks=depth_single_blocks,
+        axes_dim=flux_axes_dim(hidden_size // num_heads),
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        in_dim=64,
+        out_dim=hidden_size,
+        hidden_dim=64,
+        n_layers=1,
+        dtype=torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )
     with torch.no_grad():
         for key, param in model.named_parameters():
             param.copy_(init_value(key, tuple(param.shape), seed))
     return model.eval().requires_grad_(False)
 
 
-def small_qwen_image(hidden_size: int = 64, num_heads: int = 2, depth: int = 2, seed: int = 0, *,
-                     joint_attention_dim: int = 64, axes_dims_rope: tuple[int, int, int] = (8, 12, 12),
-                     dtype: torch.dtype | None = None):
+def small_qwen_image(
+    hidden_size: int = 64,
+    num_heads: int = 2,
+    depth: int = 2,
+    seed: int = 0,
+    *,
+    joint_attention_dim: int = 64,
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12),
+    dtype: torch.dtype | None = None,
+):
     """A small Qwen-Image (double-stream blocks only; text positions arange(txt_start, ...) in its RoPE) from
     ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels with a time axis of 1
     ([B, 16, 1, H, W]) in 2x2 patches; `axes_dims_rope` must sum to hidden_size / num_heads (Qwen-Image: 3072,
@@ -211,9 +324,19 @@ def small_qwen_image(hidden_size: int = 64, num_heads: int = 2, depth: int = 2, 
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     model = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=64, out_channels=16, num_layers=depth, attention_head_dim=hidden_size // num_heads,
-        num_attention_heads=num_heads, joint_attention_dim=joint_attention_dim, axes_dims_rope=tuple(axes_dims_rope),
-        image_model="qwen_image", dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=depth,
+        attention_head_dim=hidden_size // num_heads,
+        num_attention_heads=num_heads,
+        joint_attention_dim=joint_attention_dim,
+        axes_dims_rope=tuple(axes_dims_rope),
+        image_model="qwen_image",
+        dtype=dtype or torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )
     with torch.no_grad():
         for key, param in model.named_parameters():
             param.copy_(init_value(key, tuple(param.shape), seed))
@@ -291,8 +414,17 @@ def _chroma(depth: int, depth_single_blocks: int) -> dict:
     import comfy.supported_models as sm
 
     config = {key: value for key, value in FLUX_DIT.items() if key != "vec_in_dim"}
-    config.update(image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=3072, hidden_dim=5120,
-                  n_layers=5, depth=depth, depth_single_blocks=depth_single_blocks)
+    config.update(
+        image_model="chroma",
+        in_channels=64,
+        out_channels=64,
+        in_dim=64,
+        out_dim=3072,
+        hidden_dim=5120,
+        n_layers=5,
+        depth=depth,
+        depth_single_blocks=depth_single_blocks,
+    )
     tensors = dict(sm.Chroma(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", sm.Chroma, config)
     return tensors
@@ -330,7 +462,11 @@ def _flux_controlnet_xlabs(depth: int) -> dict:
     if "controlnet_blocks.0.weight" not in tensors or "input_hint_block.0.weight" not in tensors:
         raise RuntimeError("ControlNetFlux no longer has the XLabs key layout")
     detected = model_detection.model_config_from_unet(dict(tensors), "", True)
-    if detected is None or detected.unet_config.get("hidden_size") != FLUX_DIT["hidden_size"] or detected.unet_config.get("depth") != depth:
+    if (
+        detected is None
+        or detected.unet_config.get("hidden_size") != FLUX_DIT["hidden_size"]
+        or detected.unet_config.get("depth") != depth
+    ):
         raise RuntimeError(f"ComfyUI does not detect this ControlNet as a {depth}-block FLUX.1 trunk")
     return tensors
 
@@ -385,7 +521,8 @@ def _kl_vae(latent_channels: int, quant_conv: bool) -> dict:
             vae = AutoencodingEngine(
                 regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
                 encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", **params},
-                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", **params})
+                decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", **params},
+            )
     return dict(vae.state_dict())
 
 
@@ -470,8 +607,11 @@ def _write_safetensors(path: Path, tensors: dict, dtype: torch.dtype, metadata: 
     offset = 0
     for key, t, disk_dtype in plan:
         end = offset + t.numel() * disk_dtype.itemsize
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[str(disk_dtype).removeprefix("torch.")],
-                       "shape": list(t.shape), "data_offsets": [offset, end]}
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[str(disk_dtype).removeprefix("torch.")],
+            "shape": list(t.shape),
+            "data_offsets": [offset, end],
+        }
         offset = end
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -552,8 +692,11 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl_devkit.tiny_models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rl_devkit.tiny_models",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out_dir", help="folder laid out like ComfyUI's models/ (created if missing)")
     parser.add_argument("--no-t5", action="store_true", help="skip the 4.7 GB T5-XXL text encoder")
     args = parser.parse_args(argv)
@@ -562,10 +705,10 @@ def main(argv: list[str] | None = None) -> int:
 
     comfy_args.cpu = True  # generation needs no accelerator; keep ComfyUI from initialising one
     started = time.monotonic()
-    paths = ensure_tiny_models(args.out_dir, include_t5=not args.no_t5,
-                               log=lambda message: print(f"[tiny-models] {message}", flush=True))
-    print(f"[tiny-models] {len(paths)} models ready in {args.out_dir} ({time.monotonic() - started:.1f} s)",
-          flush=True)
+    paths = ensure_tiny_models(
+        args.out_dir, include_t5=not args.no_t5, log=lambda message: print(f"[tiny-models] {message}", flush=True)
+    )
+    print(f"[tiny-models] {len(paths)} models ready in {args.out_dir} ({time.monotonic() - started:.1f} s)", flush=True)
     return 0
 
 

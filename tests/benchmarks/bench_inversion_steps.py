@@ -26,8 +26,8 @@ def layout_picture(size: int):
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     picture = torch.stack([0.3 + 0.4 * yy, 0.5 * xx, 0.6 - 0.3 * yy], -1)
     a, b = size // 6, size // 2
-    picture[a:a + size * 2 // 5, a // 2:a // 2 + size * 2 // 5] = torch.tensor([0.9, 0.1, 0.1])
-    picture[b - a // 2:size - a // 2, b + a // 2:size - a // 4] = torch.tensor([0.1, 0.6, 0.2])
+    picture[a : a + size * 2 // 5, a // 2 : a // 2 + size * 2 // 5] = torch.tensor([0.9, 0.1, 0.1])
+    picture[b - a // 2 : size - a // 2, b + a // 2 : size - a // 4] = torch.tensor([0.1, 0.6, 0.2])
     return picture[None]
 
 
@@ -53,12 +53,13 @@ def main() -> int:
     from support import graphs
 
     with torch.inference_mode():
-        _, clip, vae = comfy.sd.load_checkpoint_guess_config(str(MODELS / "checkpoints" / graphs.SDXL),
-                                                             output_model=False)[:3]
+        _, clip, vae = comfy.sd.load_checkpoint_guess_config(
+            str(MODELS / "checkpoints" / graphs.SDXL), output_model=False
+        )[:3]
         sdxl = full_size.unet("SDXL", torch.bfloat16)
         empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         latent = {"samples": vae.encode(layout_picture(args.size))}
-        guided = S.ksampler_sigmas(sdxl, 30, "euler", "normal", 1.0)[:guided_steps(30, 0.1)]
+        guided = S.ksampler_sigmas(sdxl, 30, "euler", "normal", 1.0)[: guided_steps(30, 0.1)]
 
         def invert(steps: int):
             started = time.perf_counter()
@@ -73,9 +74,11 @@ def main() -> int:
             errors = [float((z - r).norm() / (r - z0).norm()) for z, r in zip(at, reference)]
             rows.append((steps, evals, seconds, errors))
 
-    print(f"\nInversion steps: full-size SDXL (random weights), {args.size}x{args.size}, guided sigmas "
-          f"{', '.join(f'{float(s):.2f}' for s in guided)}; reference: {REFERENCE_STEPS} coarse steps "
-          f"({ref_evals} model evaluations, {ref_seconds:.1f} s)")
+    print(
+        f"\nInversion steps: full-size SDXL (random weights), {args.size}x{args.size}, guided sigmas "
+        f"{', '.join(f'{float(s):.2f}' for s in guided)}; reference: {REFERENCE_STEPS} coarse steps "
+        f"({ref_evals} model evaluations, {ref_seconds:.1f} s)"
+    )
     print("| inversion_steps | model evaluations | seconds | relative error at each guided sigma |")
     print("|---|---|---|---|")
     for steps, evals, seconds, errors in rows:

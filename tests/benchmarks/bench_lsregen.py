@@ -102,14 +102,23 @@ def run() -> int:
     parser.add_argument("--prior-size", type=int, help="GLIGEN prior size (CPU 128, CUDA 512)")
     parser.add_argument("--steps", type=int, default=30, help="SDXL steps (the sampler node's default)")
     parser.add_argument("--prior-steps", type=int, default=20, help="GLIGEN prior steps (the prior node's default)")
-    parser.add_argument("--inversion-steps", type=int, default=5,
-                        help="coarse inversion steps (the inversion node's default)")
+    parser.add_argument(
+        "--inversion-steps", type=int, default=5, help="coarse inversion steps (the inversion node's default)"
+    )
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--unets", choices=("full", "files"), default="full",
-                        help="full: full-size random-weight UNets and GLIGEN; files: those of the checkpoints")
+    parser.add_argument(
+        "--unets",
+        choices=("full", "files"),
+        default="full",
+        help="full: full-size random-weight UNets and GLIGEN; files: those of the checkpoints",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed pipelines, each between two plain runs")
-    parser.add_argument("--step-pairs", type=int, default=4,
-                        help="guided runs (every step guided) for the step ratio, each between two plain runs")
+    parser.add_argument(
+        "--step-pairs",
+        type=int,
+        default=4,
+        help="guided runs (every step guided) for the step ratio, each between two plain runs",
+    )
     parser.add_argument("--pair-steps", type=int, default=6, help="steps of those runs (the ratio is per step)")
     parser.add_argument("--memory-steps", type=int, default=3, help="steps of the peak-memory runs")
     parser.add_argument("--threads", type=int, default=2)
@@ -136,9 +145,13 @@ def run() -> int:
     from support import graphs
 
     def load(name):
-        return comfy.sd.load_checkpoint_guess_config(str(MODELS / "checkpoints" / name), output_vae=True,
-                                                     output_clip=True, embedding_directory=None,
-                                                     output_model=args.unets == "files")[:3]
+        return comfy.sd.load_checkpoint_guess_config(
+            str(MODELS / "checkpoints" / name),
+            output_vae=True,
+            output_clip=True,
+            embedding_directory=None,
+            output_model=args.unets == "files",
+        )[:3]
 
     sdxl, sdxl_clip, sdxl_vae = load(graphs.SDXL)
     sd15, sd15_clip, sd15_vae = load(graphs.SD15)
@@ -165,13 +178,41 @@ def run() -> int:
 
     def pipeline(prior_steps=args.prior_steps, inversion_steps=args.inversion_steps, steps=steps):
         times = {}
-        (image, _), times["prior"] = timed(lambda: sample_prior(
-            sd15, sd15_clip, sd15_vae, gligen, boxes, "a country road", "", 0, prior_steps, 7.5, "euler",
-            "normal", args.prior_size, args.prior_size), cuda)
-        encoded, times["upscale+encode"] = timed(lambda: {"samples": sdxl_vae.encode(comfy.utils.common_upscale(
-            image.movedim(-1, 1), size, size, "bicubic", "disabled").movedim(1, -1)[..., :3])}, cuda)
-        (trajectory, _), times["inversion"] = timed(lambda: I.invert(
-            sdxl, empty, encoded, args.steps, "normal", args.fraction, inversion_steps, "inversion", 0), cuda)
+        (image, _), times["prior"] = timed(
+            lambda: sample_prior(
+                sd15,
+                sd15_clip,
+                sd15_vae,
+                gligen,
+                boxes,
+                "a country road",
+                "",
+                0,
+                prior_steps,
+                7.5,
+                "euler",
+                "normal",
+                args.prior_size,
+                args.prior_size,
+            ),
+            cuda,
+        )
+        encoded, times["upscale+encode"] = timed(
+            lambda: {
+                "samples": sdxl_vae.encode(
+                    comfy.utils.common_upscale(image.movedim(-1, 1), size, size, "bicubic", "disabled").movedim(1, -1)[
+                        ..., :3
+                    ]
+                )
+            },
+            cuda,
+        )
+        (trajectory, _), times["inversion"] = timed(
+            lambda: I.invert(
+                sdxl, empty, encoded, args.steps, "normal", args.fraction, inversion_steps, "inversion", 0
+            ),
+            cuda,
+        )
         _, times["guided"] = timed(lambda: guided(trajectory, args.fraction, steps), cuda)
         return trajectory, times
 
@@ -201,7 +242,8 @@ def run() -> int:
     trajectory, _ = pipeline(prior_steps=1, inversion_steps=1, steps=2)
     # the guided step: every step guided, against plain sampling with the same steps
     guided_s, step_ratios, step_plains, _ = paired(
-        lambda: timed(lambda: guided(trajectory, 1.0, args.pair_steps), cuda), args.step_pairs, args.pair_steps)
+        lambda: timed(lambda: guided(trajectory, 1.0, args.pair_steps), cuda), args.step_pairs, args.pair_steps
+    )
     # the whole pipeline against plain sampling
     pipe_s, pipeline_ratios, plains, runs = paired(timed_pipeline, args.repeats, steps)
     parts = {k: min(r[k] for r in runs) for k in runs[0]}
@@ -216,30 +258,38 @@ def run() -> int:
     mem_ratio = mem_guided.peak / mem_plain.peak
     plain_s = min(plains)
     device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
-    print(f"\nLSReGen benchmark: {device}; SDXL {size}x{size}, {steps} steps euler/normal cfg 7; prior "
-          f"{args.prior_size}x{args.prior_size}, {args.prior_steps} steps; inversion {args.inversion_steps} coarse "
-          f"steps + ceil({args.fraction}x{steps}) guided sigmas; UNets: {args.unets}, models from {MODELS}")
-    print(f"(seconds: the fastest run; the ratios are medians over runs, each against the mean of the plain runs "
-          f"just before and after it: {args.repeats} pipelines, {args.step_pairs} guided runs of {args.pair_steps} "
-          "steps)")
+    print(
+        f"\nLSReGen benchmark: {device}; SDXL {size}x{size}, {steps} steps euler/normal cfg 7; prior "
+        f"{args.prior_size}x{args.prior_size}, {args.prior_steps} steps; inversion {args.inversion_steps} coarse "
+        f"steps + ceil({args.fraction}x{steps}) guided sigmas; UNets: {args.unets}, models from {MODELS}"
+    )
+    print(
+        f"(seconds: the fastest run; the ratios are medians over runs, each against the mean of the plain runs "
+        f"just before and after it: {args.repeats} pipelines, {args.step_pairs} guided runs of {args.pair_steps} "
+        "steps)"
+    )
     print(f"| {'measure':<44} | {'seconds':>9} | {'x plain':>8} |")
     print(f"|{'-' * 46}|{'-' * 11}|{'-' * 10}|")
-    rows = [(f"plain SDXL KSampler, {steps} steps", plain_s, 1.0),
-            ("pipeline: GLIGEN prior (+decode)", parts["prior"], None),
-            ("pipeline: upscale + SDXL VAE encode", parts["upscale+encode"], None),
-            ("pipeline: inversion", parts["inversion"], None),
-            (f"pipeline: guided sampler (fraction {args.fraction})", parts["guided"], None),
-            ("pipeline total (median ratio)", min(pipe_s), pipeline_ratio),
-            (f"plain SDXL KSampler, {args.pair_steps} steps", min(step_plains), 1.0),
-            (f"guided, all {args.pair_steps} steps guided (median ratio)", min(guided_s), step_ratio)]
+    rows = [
+        (f"plain SDXL KSampler, {steps} steps", plain_s, 1.0),
+        ("pipeline: GLIGEN prior (+decode)", parts["prior"], None),
+        ("pipeline: upscale + SDXL VAE encode", parts["upscale+encode"], None),
+        ("pipeline: inversion", parts["inversion"], None),
+        (f"pipeline: guided sampler (fraction {args.fraction})", parts["guided"], None),
+        ("pipeline total (median ratio)", min(pipe_s), pipeline_ratio),
+        (f"plain SDXL KSampler, {args.pair_steps} steps", min(step_plains), 1.0),
+        (f"guided, all {args.pair_steps} steps guided (median ratio)", min(guided_s), step_ratio),
+    ]
     for name, seconds, ratio in rows:
         ratio = seconds / plain_s if ratio is None else ratio
         print(f"| {name:<44} | {seconds:>9.2f} | {ratio:>8.3f} |")
     unit = "allocated" if cuda else "RSS"
     print(f"| {'peak memory plain (' + unit + ', MiB)':<44} | {mem_plain.peak / 2**20:>9.0f} | {1:>8.3f} |")
     print(f"| {'peak memory guided (' + unit + ', MiB)':<44} | {mem_guided.peak / 2**20:>9.0f} | {mem_ratio:>8.3f} |")
-    print(f"lsregen: guided_step_time_ratio={step_ratio:.3f} pipeline_time_ratio={pipeline_ratio:.3f} "
-          f"peak_mem_ratio={mem_ratio:.3f}")
+    print(
+        f"lsregen: guided_step_time_ratio={step_ratio:.3f} pipeline_time_ratio={pipeline_ratio:.3f} "
+        f"peak_mem_ratio={mem_ratio:.3f}"
+    )
     return 0
 
 

@@ -25,15 +25,22 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_regional_flux import (BASE_TOKENS, PeakCuda, PeakRss, _paths,  # noqa: E402
-                                 full_width_flux, make_wrapper, timed_step)
+from bench_regional_flux import (
+    BASE_TOKENS,
+    PeakCuda,
+    PeakRss,
+    _paths,  # noqa: E402
+    full_width_flux,
+    make_wrapper,
+    timed_step,
+)
 
 
 @dataclass
 class FamilyBench:
     key: str
-    build: Callable        # (double, single, device) -> model
-    inputs: Callable       # (latent, prompt, device) -> positional inputs of the model's forward
+    build: Callable  # (double, single, device) -> model
+    inputs: Callable  # (latent, prompt, device) -> positional inputs of the model's forward
     full_depth: tuple[int, int]  # (double, single) blocks of the released model
     text_width: int = 4096
     base_tokens: int = BASE_TOKENS  # the base prompt as the family's tokenizer hands it over (padded or not)
@@ -57,10 +64,28 @@ def build_chroma(double: int, single: int, device: str):
     import comfy.ops
     from comfy.ldm.chroma.model import Chroma
 
-    model = Chroma(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
-                   mlp_ratio=4.0, num_heads=24, depth=double, depth_single_blocks=single, axes_dim=[16, 56, 56],
-                   theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5,
-                   dtype=torch.bfloat16, device=device, operations=comfy.ops.manual_cast)
+    model = Chroma(
+        image_model="chroma",
+        in_channels=64,
+        out_channels=64,
+        context_in_dim=4096,
+        hidden_size=3072,
+        mlp_ratio=4.0,
+        num_heads=24,
+        depth=double,
+        depth_single_blocks=single,
+        axes_dim=[16, 56, 56],
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        in_dim=64,
+        out_dim=3072,
+        hidden_dim=5120,
+        n_layers=5,
+        dtype=torch.bfloat16,
+        device=device,
+        operations=comfy.ops.manual_cast,
+    )
     return _random_fill(model, device)
 
 
@@ -70,10 +95,20 @@ def build_qwen_image(double: int, single: int, device: str):
     import comfy.ops
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
-    model = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=double + single,
-                                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
-                                        axes_dims_rope=(16, 56, 56), image_model="qwen_image", dtype=torch.bfloat16,
-                                        device=device, operations=comfy.ops.manual_cast)
+    model = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=double + single,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=3584,
+        axes_dims_rope=(16, 56, 56),
+        image_model="qwen_image",
+        dtype=torch.bfloat16,
+        device=device,
+        operations=comfy.ops.manual_cast,
+    )
     return _random_fill(model, device)
 
 
@@ -86,8 +121,13 @@ def qwen_image_inputs(latent, prompt, device):
 def flux_inputs(latent, prompt, device):
     import torch
 
-    return (latent, torch.tensor([1.0], device=device), prompt,
-            torch.randn(1, 768, device=device).bfloat16(), torch.tensor([3.5], device=device))
+    return (
+        latent,
+        torch.tensor([1.0], device=device),
+        prompt,
+        torch.randn(1, 768, device=device).bfloat16(),
+        torch.tensor([3.5], device=device),
+    )
 
 
 def chroma_inputs(latent, prompt, device):
@@ -99,11 +139,14 @@ def chroma_inputs(latent, prompt, device):
 def families() -> dict:
     from regional_layout.attention_patches.families import CHROMA, FLUX1, QWEN_IMAGE
 
-    return {FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
-            CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38)),
-            # Qwen2.5-VL hidden states, 3584 wide; its tokenizer does not pad (a ~40-word prompt)
-            QWEN_IMAGE: FamilyBench("qwen_image", build_qwen_image, qwen_image_inputs, (60, 0), text_width=3584,
-                                    base_tokens=64)}
+    return {
+        FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
+        CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38)),
+        # Qwen2.5-VL hidden states, 3584 wide; its tokenizer does not pad (a ~40-word prompt)
+        QWEN_IMAGE: FamilyBench(
+            "qwen_image", build_qwen_image, qwen_image_inputs, (60, 0), text_width=3584, base_tokens=64
+        ),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
             latent = torch.randn(1, family.latent_channels, size // 8, size // 8, generator=gen).bfloat16().to(device)
             prompt = torch.randn(1, bench.base_tokens, bench.text_width, generator=gen).bfloat16().to(device)
             inputs = bench.inputs(latent, prompt, device)
-            configs = {"plain": None, **{f"R={r}": make_wrapper(r, size, False, 0.2, blocks, family=family,
-                                                                width=bench.text_width) for r in (4, 16)}}
+            configs = {
+                "plain": None,
+                **{
+                    f"R={r}": make_wrapper(r, size, False, 0.2, blocks, family=family, width=bench.text_width)
+                    for r in (4, 16)
+                },
+            }
             for wrapper in configs.values():
                 timed_step(model, inputs, wrapper)  # warm-up and token plans
             times = {k: [] for k in configs}

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_TOKENS = 256      # ComfyUI's FLUX T5 tokenizer pads the prompt to at least 256 tokens
-REGION_TOKENS = 30     # a ~20-word prompt, real tokens only
+BASE_TOKENS = 256  # ComfyUI's FLUX T5 tokenizer pads the prompt to at least 256 tokens
+REGION_TOKENS = 30  # a ~20-word prompt, real tokens only
 
 
 def _paths(cpu: bool = True) -> None:
@@ -123,8 +123,16 @@ def region_masks(regions: int, size: int):
     return torch.stack(masks)
 
 
-def make_wrapper(regions: int, size: int, dense: bool, beta: float, blocks: tuple[int, int], every: int = 1,
-                 family=None, width: int = 4096):
+def make_wrapper(
+    regions: int,
+    size: int,
+    dense: bool,
+    beta: float,
+    blocks: tuple[int, int],
+    every: int = 1,
+    family=None,
+    width: int = 4096,
+):
     import torch
 
     from regional_layout.attention_patches.families import FLUX1
@@ -135,8 +143,13 @@ def make_wrapper(regions: int, size: int, dense: bool, beta: float, blocks: tupl
     gen = torch.Generator().manual_seed(regions)
     layout = RegionLayout(size, size, tuple(Region(f"r{i}", m) for i, m in enumerate(region_masks(regions, size))))
     embeds = tuple(torch.randn(1, REGION_TOKENS, width, generator=gen) for _ in range(regions))
-    options = RegionalFluxOptions(beta=beta, control_steps=1000, double_blocks=frozenset(range(0, blocks[0], every)),
-                                  single_blocks=frozenset(range(0, blocks[1], every)), force_dense=dense)
+    options = RegionalFluxOptions(
+        beta=beta,
+        control_steps=1000,
+        double_blocks=frozenset(range(0, blocks[0], every)),
+        single_blocks=frozenset(range(0, blocks[1], every)),
+        force_dense=dense,
+    )
     return RegionalFluxWrapper(RegionalConditioning(layout, embeds), options, family or FLUX1)
 
 
@@ -171,20 +184,44 @@ def full_width_flux(double: int, single: int, device: str):
     from rl_devkit.tiny_models import small_flux
 
     if device == "cpu":
-        return small_flux(hidden_size=3072, num_heads=24, depth=double, depth_single_blocks=single,
-                          context_in_dim=4096, vec_in_dim=768, axes_dim=[16, 56, 56], dtype=torch.bfloat16)
+        return small_flux(
+            hidden_size=3072,
+            num_heads=24,
+            depth=double,
+            depth_single_blocks=single,
+            context_in_dim=4096,
+            vec_in_dim=768,
+            axes_dim=[16, 56, 56],
+            dtype=torch.bfloat16,
+        )
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
-    flux = Flux(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=768,
-                context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=double,
-                depth_single_blocks=single, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True,
-                dtype=torch.bfloat16, device=device, operations=comfy.ops.manual_cast)
+    flux = Flux(
+        image_model="flux",
+        in_channels=16,
+        out_channels=16,
+        patch_size=2,
+        vec_in_dim=768,
+        context_in_dim=4096,
+        hidden_size=3072,
+        mlp_ratio=4.0,
+        num_heads=24,
+        depth=double,
+        depth_single_blocks=single,
+        axes_dim=[16, 56, 56],
+        theta=10000,
+        qkv_bias=True,
+        guidance_embed=True,
+        dtype=torch.bfloat16,
+        device=device,
+        operations=comfy.ops.manual_cast,
+    )
     gen = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for _, param in flux.named_parameters():
             fan_in = param.shape[-1] if param.ndim > 1 else 1
-            param.normal_(0.0, fan_in ** -0.5, generator=gen) if param.ndim > 1 else param.fill_(1.0)
+            param.normal_(0.0, fan_in**-0.5, generator=gen) if param.ndim > 1 else param.fill_(1.0)
     return flux.eval().requires_grad_(False)
 
 
@@ -192,20 +229,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1024,512", help="square picture sizes in pixels")
     parser.add_argument("--regions", default="1,2,4,8,16")
-    parser.add_argument("--dense", default="4,16", help="region counts also timed on the exact dense path (what "
-                        "soft or overlapping masks take)")
+    parser.add_argument(
+        "--dense",
+        default="4,16",
+        help="region counts also timed on the exact dense path (what soft or overlapping masks take)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--double", type=int, default=1, help="double blocks in the stack")
     parser.add_argument("--single", type=int, default=1, help="single blocks in the stack")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--beta", type=float, default=0.2)
-    parser.add_argument("--beta0", default="4", help="region counts also timed with beta = 0 (no base attention "
-                        "for the image rows)")
-    parser.add_argument("--every2", default="4", help="region counts also timed with only every second block of "
-                        "each kind masked ('every 2'; the others run the unmasked regional stream)")
+    parser.add_argument(
+        "--beta0", default="4", help="region counts also timed with beta = 0 (no base attention for the image rows)"
+    )
+    parser.add_argument(
+        "--every2",
+        default="4",
+        help="region counts also timed with only every second block of "
+        "each kind masked ('every 2'; the others run the unmasked regional stream)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU (memory is then CUDA's peak)")
-    parser.add_argument("--long-prompt", default="4,16", help="region counts whose total text length is also timed "
-                        "as plain FLUX with a prompt that long (the cost of the extra text tokens alone)")
+    parser.add_argument(
+        "--long-prompt",
+        default="4,16",
+        help="region counts whose total text length is also timed "
+        "as plain FLUX with a prompt that long (the cost of the extra text tokens alone)",
+    )
     args = parser.parse_args(argv)
     _paths(cpu=args.device == "cpu")
     import torch
@@ -215,29 +264,42 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     flux = full_width_flux(args.double, args.single, args.device)
     peak = PeakRss() if device.type == "cpu" else PeakCuda()
-    counts = {name: [int(r) for r in getattr(args, name).split(",") if r]
-              for name in ("regions", "dense", "beta0", "every2", "long_prompt")}
+    counts = {
+        name: [int(r) for r in getattr(args, name).split(",") if r]
+        for name in ("regions", "dense", "beta0", "every2", "long_prompt")
+    }
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"FLUX stack: {args.double} double + {args.single} single blocks, hidden 3072, 24 heads, bfloat16, "
-          f"{where}, {args.rounds} rounds", flush=True)
+    print(
+        f"FLUX stack: {args.double} double + {args.single} single blocks, hidden 3072, 24 heads, bfloat16, "
+        f"{where}, {args.rounds} rounds",
+        flush=True,
+    )
     summary = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         gen = torch.Generator().manual_seed(size)
         latent = torch.randn(1, 16, size // 8, size // 8, generator=gen).bfloat16().to(device)
-        prompt = torch.randn(1, BASE_TOKENS + REGION_TOKENS * max(counts["long_prompt"], default=0), 4096,
-                             generator=gen).bfloat16().to(device)
+        prompt = (
+            torch.randn(1, BASE_TOKENS + REGION_TOKENS * max(counts["long_prompt"], default=0), 4096, generator=gen)
+            .bfloat16()
+            .to(device)
+        )
         rest = (torch.randn(1, 768, generator=gen).bfloat16().to(device), torch.tensor([3.5], device=device))
         inputs = (latent, torch.tensor([1.0], device=device), prompt[:, :BASE_TOKENS], *rest)
         blocks = (args.double, args.single)
         # name -> (model inputs, regional wrapper or None, text tokens)
         configs = {"plain": (inputs, None, BASE_TOKENS)}
-        for label, key, dense, beta, every in (("R={}", "regions", False, args.beta, 1),
-                                               ("R={} beta=0", "beta0", False, 0.0, 1),
-                                               ("R={} every 2", "every2", False, args.beta, 2),
-                                               ("R={} dense", "dense", True, args.beta, 1)):
+        for label, key, dense, beta, every in (
+            ("R={}", "regions", False, args.beta, 1),
+            ("R={} beta=0", "beta0", False, 0.0, 1),
+            ("R={} every 2", "every2", False, args.beta, 2),
+            ("R={} dense", "dense", True, args.beta, 1),
+        ):
             for r in counts[key] if key != "every2" or min(blocks) > 1 else ():  # 1 block: 'every 2' is 'all'
-                configs[label.format(r)] = (inputs, make_wrapper(r, size, dense, beta, blocks, every),
-                                            BASE_TOKENS + r * REGION_TOKENS)
+                configs[label.format(r)] = (
+                    inputs,
+                    make_wrapper(r, size, dense, beta, blocks, every),
+                    BASE_TOKENS + r * REGION_TOKENS,
+                )
         for r in counts["long_prompt"]:
             tokens = BASE_TOKENS + r * REGION_TOKENS
             configs[f"plain, {tokens}-token prompt"] = ((latent, inputs[1], prompt[:, :tokens], *rest), None, tokens)
@@ -273,14 +335,19 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         for name, (_, _, tokens) in configs.items():
             t, m = statistics.median(times[name]), statistics.median(mems[name])
-            print(f"| {name} | {tokens} | {t:.4f} | {ratios[name]:.3f} | {m / 2**20:.0f} | "
-                  f"{(m - m_plain) / 2**30:+.3f} |", flush=True)
+            print(
+                f"| {name} | {tokens} | {t:.4f} | {ratios[name]:.3f} | {m / 2**20:.0f} | "
+                f"{(m - m_plain) / 2**30:+.3f} |",
+                flush=True,
+            )
             summary[(size, name)] = (ratios[name], (m - m_plain) / 2**30)
     # the summary reports the default path for hard, disjoint masks (grouped)
     r4, r16 = summary.get((1024, "R=4")), summary.get((1024, "R=16"))
     every2 = summary.get((1024, "R=4 every 2"))
     if r4 and r16:
-        line = f"regional_flux: r4_time_ratio={r4[0]:.3f} r16_time_ratio={r16[0]:.3f} r16_extra_peak_mem_gb={r16[1]:.3f}"
+        line = (
+            f"regional_flux: r4_time_ratio={r4[0]:.3f} r16_time_ratio={r16[0]:.3f} r16_extra_peak_mem_gb={r16[1]:.3f}"
+        )
         print(line + (f" r4_every2_time_ratio={every2[0]:.3f}" if every2 else ""))
     return 0
 

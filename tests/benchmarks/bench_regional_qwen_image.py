@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_regional_flux import PeakRss, _paths, region_masks, step, timed_step  # noqa: E402
 
-BASE_TOKENS = 64       # a ~40-word prompt: Qwen-Image's tokenizer does not pad
-REGION_TOKENS = 30     # a ~20-word prompt
-WIDTH = 3584           # Qwen2.5-VL 7B hidden states
+BASE_TOKENS = 64  # a ~40-word prompt: Qwen-Image's tokenizer does not pad
+REGION_TOKENS = 30  # a ~20-word prompt
+WIDTH = 3584  # Qwen2.5-VL 7B hidden states
 
 
 def make_wrapper(regions: int, size: int, beta: float, depth: int):
@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from rl_devkit.tiny_models import small_qwen_image
 
-    model = small_qwen_image(hidden_size=3072, num_heads=24, depth=args.depth, joint_attention_dim=WIDTH,
-                             axes_dims_rope=(16, 56, 56), dtype=torch.bfloat16)
+    model = small_qwen_image(
+        hidden_size=3072,
+        num_heads=24,
+        depth=args.depth,
+        joint_attention_dim=WIDTH,
+        axes_dims_rope=(16, 56, 56),
+        dtype=torch.bfloat16,
+    )
     regions = [int(r) for r in args.regions.split(",") if r]
     size = args.size
     gen = torch.Generator().manual_seed(size)
@@ -67,13 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     t = torch.tensor([1.0])
     configs = {"plain": ((latent, t, prompt[:, :BASE_TOKENS]), None, BASE_TOKENS)}
     for r in regions:
-        configs[f"R={r}"] = ((latent, t, prompt[:, :BASE_TOKENS]), make_wrapper(r, size, args.beta, args.depth),
-                             BASE_TOKENS + r * REGION_TOKENS)
+        configs[f"R={r}"] = (
+            (latent, t, prompt[:, :BASE_TOKENS]),
+            make_wrapper(r, size, args.beta, args.depth),
+            BASE_TOKENS + r * REGION_TOKENS,
+        )
         tokens = BASE_TOKENS + r * REGION_TOKENS
         configs[f"plain, {tokens}-token prompt"] = ((latent, t, prompt[:, :tokens]), None, tokens)
-    print(f"Qwen-Image stack: {args.depth} double blocks, hidden 3072, 24 heads, bfloat16, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds, {size}x{size} "
-          f"({(size // 16) ** 2} image tokens)", flush=True)
+    print(
+        f"Qwen-Image stack: {args.depth} double blocks, hidden 3072, 24 heads, bfloat16, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds, {size}x{size} "
+        f"({(size // 16) ** 2} image tokens)",
+        flush=True,
+    )
     for inputs, wrapper, _ in configs.values():  # warm-up (and the token plans, built once per sampling run)
         step(model, inputs, wrapper)
     plain_inputs = configs["plain"][0]
@@ -101,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| config | text tokens | step s (median) | time ratio | peak MB | extra peak GB |")
     print("|---|---|---|---|---|---|")
     for name, (_, _, tokens) in configs.items():
-        print(f"| {name} | {tokens} | {statistics.median(times[name]):.3f} | {ratios[name]:.3f} | "
-              f"{mems[name] / 2**20:.0f} | {(mems[name] - mems['plain']) / 2**30:+.3f} |", flush=True)
+        print(
+            f"| {name} | {tokens} | {statistics.median(times[name]):.3f} | {ratios[name]:.3f} | "
+            f"{mems[name] / 2**20:.0f} | {(mems[name] - mems['plain']) / 2**30:+.3f} |",
+            flush=True,
+        )
     if "R=4" in ratios and "R=16" in ratios:
-        print(f"regional_qwen_image: r4_time_ratio={ratios['R=4']:.3f} r16_time_ratio={ratios['R=16']:.3f} "
-              f"r16_extra_peak_mem_gb={(mems['R=16'] - mems['plain']) / 2**30:.3f}")
+        print(
+            f"regional_qwen_image: r4_time_ratio={ratios['R=4']:.3f} r16_time_ratio={ratios['R=16']:.3f} "
+            f"r16_extra_peak_mem_gb={(mems['R=16'] - mems['plain']) / 2**30:.3f}"
+        )
     return 0
 
 

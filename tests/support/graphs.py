@@ -33,17 +33,28 @@ def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET
     return model.out(0), clip.out(0), vae.out(0)
 
 
-def flux_text_to_image(*, width=256, height=256, steps=2, seed=0, prompt="a red apple on a table",
-                       real_t5: bool = False) -> dict:
+def flux_text_to_image(
+    *, width=256, height=256, steps=2, seed=0, prompt="a red apple on a table", real_t5: bool = False
+) -> dict:
     g = graph()
     model, clip, vae = flux_models(g, real_t5=real_t5)
     positive = g.node("CLIPTextEncode", clip=clip, text=prompt)
     guided = g.node("FluxGuidance", conditioning=positive.out(0), guidance=3.5)
     negative = g.node("ConditioningZeroOut", conditioning=positive.out(0))
     latent = g.node("EmptySD3LatentImage", width=width, height=height, batch_size=1)
-    sampled = g.node("KSampler", model=model, seed=seed, steps=steps, cfg=1.0, sampler_name="euler",
-                     scheduler="simple", positive=guided.out(0), negative=negative.out(0),
-                     latent_image=latent.out(0), denoise=1.0)
+    sampled = g.node(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        positive=guided.out(0),
+        negative=negative.out(0),
+        latent_image=latent.out(0),
+        denoise=1.0,
+    )
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="flux")
     return g.finalize()
@@ -55,23 +66,41 @@ def sdxl_text_to_image(*, width=256, height=256, steps=2, seed=0, prompt="a red 
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
     latent = g.node("EmptyLatentImage", width=width, height=height, batch_size=1)
-    sampled = g.node("KSampler", model=ckpt.out(0), seed=seed, steps=steps, cfg=5.0, sampler_name="euler",
-                     scheduler="normal", positive=positive.out(0), negative=negative.out(0),
-                     latent_image=latent.out(0), denoise=1.0)
+    sampled = g.node(
+        "KSampler",
+        model=ckpt.out(0),
+        seed=seed,
+        steps=steps,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=positive.out(0),
+        negative=negative.out(0),
+        latent_image=latent.out(0),
+        denoise=1.0,
+    )
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="sdxl")
     return g.finalize()
 
 
-def region_layout_preview(*, width=128, height=96, regions: list[dict], base_prompt="a scene",
-                          background_prompt="") -> dict:
+def region_layout_preview(
+    *, width=128, height=96, regions: list[dict], base_prompt="a scene", background_prompt=""
+) -> dict:
     """The editor node (its JSON state as the browser would save it) -> Region Overlay -> SaveImage."""
     import json
 
     g = graph()
     state = json.dumps({"version": 1, "regions": regions})
-    layout = g.node("RL_RegionLayout", id="layout", width=width, height=height, base_prompt=base_prompt,
-                    background_prompt=background_prompt, editor_state=state)
+    layout = g.node(
+        "RL_RegionLayout",
+        id="layout",
+        width=width,
+        height=height,
+        base_prompt=base_prompt,
+        background_prompt=background_prompt,
+        editor_state=state,
+    )
     canvas = g.node("EmptyImage", width=width, height=height, batch_size=1, color=0x808080)
     tinted = g.node("RL_RegionOverlay", image=canvas.out(0), regions=layout.out(0), opacity=0.6)
     g.node("SaveImage", id="save", images=tinted.out(0), filename_prefix="layout")
@@ -100,12 +129,37 @@ def mask_batch(g: GraphBuilder, masks: list):
     return g.node("ImageToMask", image=batch, channel="red").out(0)
 
 
-def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_index=None, cfg=1.0, negative=None,
-                  base_prompt="a still life on a wooden table", prompts=REGION_PROMPTS, boxes=None,
-                  background_prompt="a photo", base_ratio=0.2, control_steps=10, double_blocks="all",
-                  single_blocks="all", feather=0.0, patch=True, real_t5=False, unet=FLUX_UNET,
-                  latent_node="EmptySD3LatentImage", overlay=False, mask_value=1.0, lora=None, lora_after_patch=False,
-                  controlnet=None, hint_color=0x3070B0, save_latent=False) -> dict:
+def regional_flux(
+    *,
+    width=192,
+    height=128,
+    steps=2,
+    seed=0,
+    batch=1,
+    batch_index=None,
+    cfg=1.0,
+    negative=None,
+    base_prompt="a still life on a wooden table",
+    prompts=REGION_PROMPTS,
+    boxes=None,
+    background_prompt="a photo",
+    base_ratio=0.2,
+    control_steps=10,
+    double_blocks="all",
+    single_blocks="all",
+    feather=0.0,
+    patch=True,
+    real_t5=False,
+    unet=FLUX_UNET,
+    latent_node="EmptySD3LatentImage",
+    overlay=False,
+    mask_value=1.0,
+    lora=None,
+    lora_after_patch=False,
+    controlnet=None,
+    hint_color=0x3070B0,
+    save_latent=False,
+) -> dict:
     """Regional FLUX text-to-image on the tiny models; `patch=False` gives the plain graph with the same prompt
     (CLIPTextEncode of base_prompt, unpatched model). `batch_index` picks one item of the latent batch (its noise
     is the one it gets inside the batch). `lora` (a strength) adds LoraLoaderModelOnly with the tiny FLUX LoRA
@@ -116,22 +170,36 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
 
     def add_lora(model):
-        return g.node("LoraLoaderModelOnly", id="lora", model=model, lora_name=FLUX_LORA,
-                      strength_model=lora).out(0)
+        return g.node("LoraLoaderModelOnly", id="lora", model=model, lora_name=FLUX_LORA, strength_model=lora).out(0)
 
     if lora is not None and not lora_after_patch:
         model = add_lora(model)
     if boxes is None:
-        boxes = [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height // 2)][:len(prompts)]
+        boxes = [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height // 2)][: len(prompts)]
     if patch:
         masks = mask_batch(g, [mask_rect(g, width, height, b, mask_value) for b in boxes])
-        regions = g.node("RL_RegionsFromMasks", masks=masks, prompts="\n".join(prompts), width=width, height=height,
-                         base_prompt=base_prompt, background_prompt=background_prompt, feather=0.0)
+        regions = g.node(
+            "RL_RegionsFromMasks",
+            masks=masks,
+            prompts="\n".join(prompts),
+            width=width,
+            height=height,
+            base_prompt=base_prompt,
+            background_prompt=background_prompt,
+            feather=0.0,
+        )
         encoded = g.node("RL_RegionalPromptEncode", clip=clip, regions=regions.out(0))
         positive = encoded.out(0)
-        model = g.node("RL_RegionalFluxPatch", model=model, regional_cond=encoded.out(1), base_ratio=base_ratio,
-                       control_steps=control_steps, double_blocks=double_blocks, single_blocks=single_blocks,
-                       feather=feather).out(0)
+        model = g.node(
+            "RL_RegionalFluxPatch",
+            model=model,
+            regional_cond=encoded.out(1),
+            base_ratio=base_ratio,
+            control_steps=control_steps,
+            double_blocks=double_blocks,
+            single_blocks=single_blocks,
+            feather=feather,
+        ).out(0)
     else:
         positive = g.node("CLIPTextEncode", clip=clip, text=base_prompt).out(0)
     if lora is not None and lora_after_patch:
@@ -144,15 +212,35 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     if controlnet is not None:
         net = g.node("ControlNetLoader", control_net_name=FLUX_CONTROLNET)
         hint = g.node("EmptyImage", width=width, height=height, batch_size=1, color=hint_color)
-        applied = g.node("ControlNetApplyAdvanced", id="controlnet", positive=guided, negative=neg,
-                         control_net=net.out(0), image=hint.out(0), strength=controlnet, start_percent=0.0,
-                         end_percent=1.0)
+        applied = g.node(
+            "ControlNetApplyAdvanced",
+            id="controlnet",
+            positive=guided,
+            negative=neg,
+            control_net=net.out(0),
+            image=hint.out(0),
+            strength=controlnet,
+            start_percent=0.0,
+            end_percent=1.0,
+        )
         guided, neg = applied.out(0), applied.out(1)
     latent = g.node(latent_node, width=width, height=height, batch_size=batch).out(0)
     if batch_index is not None:
         latent = g.node("LatentFromBatch", samples=latent, batch_index=batch_index, length=1).out(0)
-    sampled = g.node("KSampler", id="sampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                     scheduler="simple", positive=guided, negative=neg, latent_image=latent, denoise=1.0)
+    sampled = g.node(
+        "KSampler",
+        id="sampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="simple",
+        positive=guided,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="regional_flux")
     if save_latent:
@@ -163,8 +251,19 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     return g.finalize()
 
 
-def lsregen_pipeline(*, width=1536, height=1024, prior_size=512, steps=30, inversion_steps=5, fraction=0.1,
-                     gamma=0.2, seed=0, prior_seed=0, method="inversion") -> GraphBuilder:
+def lsregen_pipeline(
+    *,
+    width=1536,
+    height=1024,
+    prior_size=512,
+    steps=30,
+    inversion_steps=5,
+    fraction=0.1,
+    gamma=0.2,
+    seed=0,
+    prior_seed=0,
+    method="inversion",
+) -> GraphBuilder:
     """The LSReGen pipeline: two mask regions -> GLIGEN prior (SD1.5) -> ImageScale -> VAEEncode (SDXL) ->
     inversion -> backward-guided SDXL -> save, plus a region overlay. Node ids are stable names."""
     g = graph()
@@ -175,38 +274,101 @@ def lsregen_pipeline(*, width=1536, height=1024, prior_size=512, steps=30, inver
     canvas = g.node("SolidMask", id="canvas", value=1.0, width=width, height=height)
     left_solid = g.node("SolidMask", id="left_solid", value=1.0, width=width * 2 // 5, height=height)
     empty = g.node("SolidMask", id="empty", value=0.0, width=width, height=height)
-    left = g.node("MaskComposite", id="left", destination=empty.out(0), source=left_solid.out(0), x=0, y=0,
-                  operation="add")
-    right = g.node("MaskComposite", id="right", destination=canvas.out(0), source=left_solid.out(0), x=0, y=0,
-                   operation="subtract")
+    left = g.node(
+        "MaskComposite", id="left", destination=empty.out(0), source=left_solid.out(0), x=0, y=0, operation="add"
+    )
+    right = g.node(
+        "MaskComposite", id="right", destination=canvas.out(0), source=left_solid.out(0), x=0, y=0, operation="subtract"
+    )
     left_img = g.node("MaskToImage", id="left_img", mask=left.out(0))
     right_img = g.node("MaskToImage", id="right_img", mask=right.out(0))
     batch = g.node("ImageBatch", id="batch", image1=left_img.out(0), image2=right_img.out(0))
     masks = g.node("ImageToMask", id="masks", image=batch.out(0), channel="red")
-    regions = g.node("RL_RegionsFromMasks", id="regions", masks=masks.out(0),
-                     prompts="a red vintage car\na large oak tree", width=width, height=height,
-                     base_prompt="a country road at sunset, photo", background_prompt="", feather=0.0)
-    prior = g.node("RL_GligenLayoutPrior", id="prior", model=sd15.out(0), clip=sd15.out(1), vae=sd15.out(2),
-                   gligen=gligen.out(0), prompt="", negative="blurry, lowres", seed=prior_seed, steps=20, cfg=7.5,
-                   sampler_name="euler", scheduler="normal", width=prior_size, height=prior_size,
-                   regions=regions.out(0), boxes="")
+    regions = g.node(
+        "RL_RegionsFromMasks",
+        id="regions",
+        masks=masks.out(0),
+        prompts="a red vintage car\na large oak tree",
+        width=width,
+        height=height,
+        base_prompt="a country road at sunset, photo",
+        background_prompt="",
+        feather=0.0,
+    )
+    prior = g.node(
+        "RL_GligenLayoutPrior",
+        id="prior",
+        model=sd15.out(0),
+        clip=sd15.out(1),
+        vae=sd15.out(2),
+        gligen=gligen.out(0),
+        prompt="",
+        negative="blurry, lowres",
+        seed=prior_seed,
+        steps=20,
+        cfg=7.5,
+        sampler_name="euler",
+        scheduler="normal",
+        width=prior_size,
+        height=prior_size,
+        regions=regions.out(0),
+        boxes="",
+    )
     g.node("SaveImage", id="save_prior", images=prior.out(0), filename_prefix="lsregen/prior")
-    upscaled = g.node("ImageScale", id="upscale", image=prior.out(0), upscale_method="bicubic", width=width,
-                      height=height, crop="disabled")
+    upscaled = g.node(
+        "ImageScale",
+        id="upscale",
+        image=prior.out(0),
+        upscale_method="bicubic",
+        width=width,
+        height=height,
+        crop="disabled",
+    )
     encoded = g.node("VAEEncode", id="encode", pixels=upscaled.out(0), vae=sdxl.out(2))
-    positive = g.node("CLIPTextEncode", id="positive", clip=sdxl.out(1),
-                      text="a red vintage car parked beside a large oak tree on a country road at sunset, photo")
+    positive = g.node(
+        "CLIPTextEncode",
+        id="positive",
+        clip=sdxl.out(1),
+        text="a red vintage car parked beside a large oak tree on a country road at sunset, photo",
+    )
     negative = g.node("CLIPTextEncode", id="negative", clip=sdxl.out(1), text="blurry, lowres")
     empty_prompt = g.node("CLIPTextEncode", id="empty_prompt", clip=sdxl.out(1), text="")
-    inversion = g.node("RL_LatentInversion", id="inversion", model=sdxl.out(0), positive=empty_prompt.out(0),
-                       latent=encoded.out(0), method=method, steps=steps, scheduler="normal",
-                       guidance_fraction=fraction, inversion_steps=inversion_steps, seed=seed, refine=0)
+    inversion = g.node(
+        "RL_LatentInversion",
+        id="inversion",
+        model=sdxl.out(0),
+        positive=empty_prompt.out(0),
+        latent=encoded.out(0),
+        method=method,
+        steps=steps,
+        scheduler="normal",
+        guidance_fraction=fraction,
+        inversion_steps=inversion_steps,
+        seed=seed,
+        refine=0,
+    )
     latent = g.node("EmptyLatentImage", id="latent", width=width, height=height, batch_size=1)
-    sampled = g.node("RL_BackwardGuidanceKSampler", id="guided", model=sdxl.out(0), seed=seed, steps=steps,
-                     cfg=7.0, sampler_name="euler", scheduler="normal", positive=positive.out(0),
-                     negative=negative.out(0), latent_image=latent.out(0), denoise=1.0, trajectory=inversion.out(0),
-                     guidance_scale=gamma, guidance_fraction=fraction, guidance_iterations=1, feature="identity",
-                     distance="squared_l2", regions=regions.out(0))
+    sampled = g.node(
+        "RL_BackwardGuidanceKSampler",
+        id="guided",
+        model=sdxl.out(0),
+        seed=seed,
+        steps=steps,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=positive.out(0),
+        negative=negative.out(0),
+        latent_image=latent.out(0),
+        denoise=1.0,
+        trajectory=inversion.out(0),
+        guidance_scale=gamma,
+        guidance_fraction=fraction,
+        guidance_iterations=1,
+        feature="identity",
+        distance="squared_l2",
+        regions=regions.out(0),
+    )
     decoded = g.node("VAEDecode", id="decode", samples=sampled.out(0), vae=sdxl.out(2))
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="lsregen/result")
     overlay = g.node("RL_RegionOverlay", id="overlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)

@@ -33,15 +33,16 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
     if not masked:
         allow[:] = True
     regional_idx = torch.cat([torch.arange(n_txt), torch.arange(img0, img0 + n_img)])
-    regional = F.scaled_dot_product_attention(q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx],
-                                              attn_mask=allow)
+    regional = F.scaled_dot_product_attention(
+        q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx], attn_mask=allow
+    )
     base_idx = torch.arange(n_txt, L)
     base = F.scaled_dot_product_attention(q[:, :, base_idx], k[:, :, base_idx], v[:, :, base_idx])
     out = torch.empty_like(q)
     out[:, :, :n_txt] = regional[:, :, :n_txt]
     out[:, :, n_txt:img0] = base[:, :, :t0]
-    out[:, :, img0:img0 + n_img] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0:t0 + n_img]
-    out[:, :, img0 + n_img:] = base[:, :, t0 + n_img:]
+    out[:, :, img0 : img0 + n_img] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0 : t0 + n_img]
+    out[:, :, img0 + n_img :] = base[:, :, t0 + n_img :]
     return out.transpose(1, 2).reshape(B, L, H * D)
 
 
@@ -53,34 +54,48 @@ def rect(h, w, y0, y1, x0, x1):
 
 def layouts(h, w):
     """Pixel masks at h x w: disjoint and overlapping sets for R = 1..4."""
-    disjoint = [rect(h, w, 0, h // 2, 0, w // 2), rect(h, w, 0, h // 2, w // 2, w),
-                rect(h, w, h // 2, h, 0, w // 3), rect(h, w, h // 2, h, w // 3, 2 * w // 3)]
-    overlapping = [rect(h, w, 0, 2 * h // 3, 0, 2 * w // 3), rect(h, w, h // 3, h, w // 3, w),
-                   rect(h, w, 0, h // 3, w // 2, w), rect(h, w, h // 2, h, 0, w // 4)]
+    disjoint = [
+        rect(h, w, 0, h // 2, 0, w // 2),
+        rect(h, w, 0, h // 2, w // 2, w),
+        rect(h, w, h // 2, h, 0, w // 3),
+        rect(h, w, h // 2, h, w // 3, 2 * w // 3),
+    ]
+    overlapping = [
+        rect(h, w, 0, 2 * h // 3, 0, 2 * w // 3),
+        rect(h, w, h // 3, h, w // 3, w),
+        rect(h, w, 0, h // 3, w // 2, w),
+        rect(h, w, h // 2, h, 0, w // 4),
+    ]
     return disjoint, overlapping
 
 
 def reference_override(plan, beta, double, single, calls):
     """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
     the chosen blocks, unmasked (official rule) in the others."""
+
     def override(func, q, k, v, heads, mask=None, **kwargs):
         opts = kwargs.get("transformer_options") or {}
         chosen = double if opts.get("block_type") == "double" else single
         calls.append(opts.get("block_index"))
-        return naive_reference(q, k, v, plan.base_len, plan.text_lens, plan.masks.hard, beta,
-                               masked=opts.get("block_index") in chosen)
+        return naive_reference(
+            q, k, v, plan.base_len, plan.text_lens, plan.masks.hard, beta, masked=opts.get("block_index") in chosen
+        )
+
     return override
 
 
 def hide_block_info(skip=None):
     """patches_replace['dit'] entries (ComfyUI's own block-replace patch point) that hide which block runs, as
     ComfyUI before 0.3.76 does; `skip` = a block that is skipped instead of run (what a block-skipping patch does)."""
+
     def make(key):
         def patch(args, extra):
             if key == skip:
                 return {k: args[k] for k in ("img", "txt") if k in args}
             opts = {k: v for k, v in args["transformer_options"].items() if k not in ("block_type", "block_index")}
             return extra["original_block"]({**args, "transformer_options": opts})
+
         return patch
+
     keys = [(f"{kind}_block", i) for kind in ("double", "single") for i in range(3)]
     return {"dit": {key: make(key) for key in keys}}

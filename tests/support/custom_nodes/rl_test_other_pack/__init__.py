@@ -5,9 +5,13 @@ way other packs do (a model_function_wrapper and a FLUX double-block replacement
 class OtherPackPatch:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",),
-                             "output_scale": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 2.0, "step": 0.01}),
-                             "block_scale": ("FLOAT", {"default": 1.05, "min": 0.0, "max": 2.0, "step": 0.01})}}
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "output_scale": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 2.0, "step": 0.01}),
+                "block_scale": ("FLOAT", {"default": 1.05, "min": 0.0, "max": 2.0, "step": 0.01}),
+            }
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -47,8 +51,10 @@ def _attention(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshap
 def replacing_override(scale):
     """An `optimized_attention_override` that replaces ComfyUI's attention instead of calling `func` (as
     KJNodes' Sage/Flash patch nodes do); `scale` makes its use visible in the image."""
+
     def override(func, q, k, v, heads, *args, **kwargs):
         return _attention(q, k, v, heads, *args, **kwargs) * scale
+
     return override
 
 
@@ -57,8 +63,12 @@ class AttentionOverridePatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",),
-                             "scale": ("FLOAT", {"default": 0.98, "min": 0.0, "max": 2.0, "step": 0.01})}}
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "scale": ("FLOAT", {"default": 0.98, "min": 0.0, "max": 2.0, "step": 0.01}),
+            }
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -93,8 +103,9 @@ class AttentionOverrideWrapper:
             if args and isinstance(args[-1], dict):
                 args = (*args[:-1], dict(args[-1], optimized_attention_override=override))
             elif isinstance(kwargs.get("transformer_options"), dict):
-                kwargs["transformer_options"] = dict(kwargs["transformer_options"],
-                                                     optimized_attention_override=override)
+                kwargs["transformer_options"] = dict(
+                    kwargs["transformer_options"], optimized_attention_override=override
+                )
             return executor(*args, **kwargs)
 
         patched = model.clone()
@@ -135,8 +146,10 @@ class ForwardReplacingCache:
         return (patched,)
 
 
-NODE_CLASS_MAPPINGS.update({
-    "RLTest_AttentionOverridePatch": AttentionOverridePatch,
-    "RLTest_AttentionOverrideWrapper": AttentionOverrideWrapper,
-    "RLTest_ForwardReplacingCache": ForwardReplacingCache,
-})
+NODE_CLASS_MAPPINGS.update(
+    {
+        "RLTest_AttentionOverridePatch": AttentionOverridePatch,
+        "RLTest_AttentionOverrideWrapper": AttentionOverrideWrapper,
+        "RLTest_ForwardReplacingCache": ForwardReplacingCache,
+    }
+)
