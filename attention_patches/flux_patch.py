@@ -25,6 +25,8 @@ from .regional_cond import RegionalConditioning
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
+# transformer_options key of a regional call's SequencePlan, for wrappers that run inside (Regional LoRA)
+PLAN_OPTION = "regional_layout.plan"
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class RegionalFluxWrapper:
         override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
                                      [], blocks[0] if blocks else None)
         opts["optimized_attention_override"] = override
+        opts[PLAN_OPTION] = plan
         out = executor(*named.values(), opts, **kwargs)
         if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
             raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
