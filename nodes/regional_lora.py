@@ -119,6 +119,7 @@ def regional_wrapper(model):
 
 def load_regional_lora(model, lora_name: str, strength: float, region: str):
     import comfy.lora
+    import comfy.lora_convert
     import comfy.utils
     import folder_paths
 
@@ -138,7 +139,7 @@ def load_regional_lora(model, lora_name: str, strength: float, region: str):
     except Exception as err:  # noqa: BLE001 - any reading error: name the input
         raise ValueError(f"{NODE}: lora_name {lora_name!r} cannot be read as a LoRA ({err})") from None
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
+    patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False)  # as LoraLoader
     updates, skipped = lora_updates(patches, row, float(strength), lora_name, diffusion_model)
     if not updates:
         raise ValueError(f"{NODE}: lora_name {lora_name!r} does not fit the model: none of its keys maps onto a "

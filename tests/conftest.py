@@ -61,9 +61,10 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = ()) -> ComfyServer:
+def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = (),
+                 extra_model_dirs: dict | None = None) -> ComfyServer:
     return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags,
-                       extra_custom_nodes=extra_custom_nodes).start()
+                       extra_custom_nodes=extra_custom_nodes, extra_model_dirs=extra_model_dirs).start()
 
 
 @pytest.fixture(scope="session")

@@ -62,24 +62,25 @@ def comfy_patches(flux, lora):
     return comfy.lora.load_lora(lora, key_map, log_missing=False)
 
 
-def patcher(flux, cond, beta=0.0, global_loras=(), **options):
+def patcher(flux, cond, beta=0.0, global_loras=(), family=None, **options):
     import comfy.model_patcher
 
+    from regional_layout.attention_patches.families import FLUX1
     from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux
 
     base = comfy.model_patcher.ModelPatcher(Holder(flux), torch.device("cpu"), torch.device("cpu"))
     for lora in global_loras:
         base.add_patches(comfy_patches(flux, lora), 1.0)
     opts = dict(beta=beta, control_steps=2, double_blocks=frozenset({0, 1}), single_blocks=frozenset({0, 1}))
-    return apply_regional_flux(base, cond, RegionalFluxOptions(**{**opts, **options}))
+    return apply_regional_flux(base, cond, RegionalFluxOptions(**{**opts, **options}), family or FLUX1)
 
 
-def with_regional(mp, flux, lora, row, strength=1.0, name="tiny"):
-    from regional_layout.nodes.regional_lora import apply_regional_lora, lora_updates, regional_wrapper
+def with_regional(mp, flux, lora, row, strength=1.0, name="tiny", family=None):
     from regional_layout.attention_patches.families import FLUX1
+    from regional_layout.nodes.regional_lora import apply_regional_lora, lora_updates, regional_wrapper
 
     updates, _ = lora_updates(comfy_patches(flux, lora), row, strength, name, flux)
-    return apply_regional_lora(mp, updates, FLUX1, regional_wrapper(mp))
+    return apply_regional_lora(mp, updates, family or FLUX1, regional_wrapper(mp))
 
 
 def sample(mp, x, cond_or_uncond=(0,), sigma=0.7):
@@ -90,6 +91,9 @@ def sample(mp, x, cond_or_uncond=(0,), sigma=0.7):
     mp.patch_model()
     try:
         with torch.no_grad():
+            if "y" not in x:  # Chroma
+                return mp.model.diffusion_model(x["x"], x["timestep"], x["context"], x["guidance"],
+                                                transformer_options=opts)
             return mp.model.diffusion_model(x["x"], x["timestep"], x["context"], x["y"], x["guidance"],
                                             transformer_options=opts)
     finally:
@@ -212,3 +216,39 @@ def test_wrong_shapes_and_formats_are_refused(flux):
                                                                             flux.hidden_size)}
     with pytest.raises(ValueError, match="lora_name 'diff.safetensors' holds a 'diff' patch"):
         lora_updates(comfy_patches(flux, loha), 0, 1.0, "diff.safetensors", flux)
+
+
+def test_chroma_same_blocks_same_rule():
+    """Chroma (FLUX's blocks, no img_mod: modulations come from the distilled guidance layer): region 2 bit-identical,
+    region 1 as ComfyUI's merged LoRA."""
+    import test_regional_chroma as chroma_tests
+    from regional_layout.attention_patches.families import CHROMA
+    from rl_devkit.tiny_models import small_chroma
+
+    model = small_chroma(depth=2, depth_single_blocks=2, seed=5)
+    cond = chroma_tests.regional_cond([4, 6])
+    x, lora = chroma_tests.inputs(), lora_file(model)
+    plain = sample(patcher(model, cond, family=CHROMA), x)
+    ours = sample(with_regional(patcher(model, cond, family=CHROMA), model, lora, 0, family=CHROMA), x)
+    merged = sample(patcher(model, cond, global_loras=[lora], family=CHROMA), x)
+    one, two = pixels(cond, 0), pixels(cond, 1)
+    assert torch.equal(ours[..., two], plain[..., two])
+    assert (ours[..., one] - plain[..., one]).abs().max() > 100 * ATOL
+    torch.testing.assert_close(ours[..., one], merged[..., one], atol=ATOL, rtol=0)
+
+
+def test_region_by_index_name_or_background():
+    from regional_layout.attention_patches.regional_cond import RegionalConditioning
+    from regional_layout.layout.regions import Region, RegionLayout
+    from regional_layout.nodes.regional_lora import region_row
+
+    masks = torch.zeros(2, HEIGHT, WIDTH)
+    masks[0, :, :40], masks[1, :, 60:] = 1, 1
+    regions = (Region("a cat", masks[0], name="Cat"), Region("a dog", masks[1], name="dog"))
+    e = embeds([2, 3])
+    cond = RegionalConditioning(RegionLayout(WIDTH, HEIGHT, regions, "base", "bg"), tuple(e),
+                                torch.zeros(1, 2, e[0].shape[-1]))
+    assert [region_row(cond, r) for r in ("1", " 2 ", "cat", "Dog", "background")] == [0, 1, 0, 1, 2]
+    for bad in ("0", "3", "bird", ""):
+        with pytest.raises(ValueError, match=f"region {bad!r} is not a region of the layout.*1 \\(Cat\\)"):
+            region_row(cond, bad)

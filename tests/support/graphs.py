@@ -104,12 +104,15 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
                   background_prompt="a photo", base_ratio=0.2, control_steps=10, double_blocks="all",
                   single_blocks="all", feather=0.0, patch=True, real_t5=False, unet=FLUX_UNET,
                   latent_node="EmptySD3LatentImage", overlay=False, mask_value=1.0, lora=None, lora_after_patch=False,
-                  controlnet=None, hint_color=0x3070B0) -> dict:
+                  controlnet=None, hint_color=0x3070B0, loras_before=(), regional_loras=(), save_latent=False) -> dict:
     """Regional FLUX text-to-image on the tiny models; `patch=False` gives the plain graph with the same prompt
     (CLIPTextEncode of base_prompt, unpatched model). `batch_index` picks one item of the latent batch (its noise
     is the one it gets inside the batch). `lora` (a strength) adds LoraLoaderModelOnly with the tiny FLUX LoRA
     right after the UNETLoader, or after the patcher with `lora_after_patch`; `controlnet` (a strength) applies the
-    tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced)."""
+    tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced).
+    `loras_before`: (file, strength) pairs, LoraLoaderModelOnly in a chain before the patcher; `regional_loras`:
+    (file, strength, region) triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...);
+    `save_latent` adds SaveLatent (id "latent") of the sampled latent."""
     g = graph()
     model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
 
@@ -119,6 +122,8 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
 
     if lora is not None and not lora_after_patch:
         model = add_lora(model)
+    for name, strength in loras_before:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=name, strength_model=strength).out(0)
     if boxes is None:
         boxes = [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height // 2)][:len(prompts)]
     if patch:
@@ -130,6 +135,9 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
         model = g.node("RL_RegionalFluxPatch", model=model, regional_cond=encoded.out(1), base_ratio=base_ratio,
                        control_steps=control_steps, double_blocks=double_blocks, single_blocks=single_blocks,
                        feather=feather).out(0)
+        for i, (name, strength, region) in enumerate(regional_loras):
+            model = g.node("RL_RegionalLora", id=f"regional_lora_{i}", model=model, lora_name=name,
+                           strength_model=strength, region=region).out(0)
     else:
         positive = g.node("CLIPTextEncode", clip=clip, text=base_prompt).out(0)
     if lora is not None and lora_after_patch:
@@ -153,6 +161,8 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
                      scheduler="simple", positive=guided, negative=neg, latent_image=latent, denoise=1.0)
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="regional_flux")
+    if save_latent:
+        g.node("SaveLatent", id="latent", samples=sampled.out(0), filename_prefix="regional_flux/latent")
     if overlay and patch:
         tinted = g.node("RL_RegionOverlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
         g.node("SaveImage", id="overlay", images=tinted.out(0), filename_prefix="regional_flux_overlay")
