@@ -137,7 +137,7 @@ def _add_update(update: LowRankUpdate, x: Tensor, out: Tensor, w: Tensor) -> Ten
 
 
 class RegionalLoraLinear:
-    """Mixed into a copy of a Linear (its own class stays the base, so ComfyUI's casting, weight patches and
+    """Mixed into the class of a Linear (its own class stays a base, so ComfyUI's casting, weight patches and
     low-VRAM handling see the Linear they know): after the layer's output, each update's rows are added."""
 
     regional_lora_updates: tuple[LowRankUpdate, ...] = ()
@@ -161,27 +161,21 @@ class RegionalLoraLinear:
         return out
 
 
-_MIXED: dict[type, type] = {}
-
-
 def regional_linear(base: nn.Module, updates: tuple[LowRankUpdate, ...], stream: str,
                     state: RegionalLoraState) -> nn.Module:
-    """A copy of the Linear `base` that adds `updates` per row. It shares `base`'s parameter and buffer tables
-    (not copies of today's tensors): a weight patch made through the copy while it stands in the model is what
-    the same patch would do to `base`, and undoing it restores both, so `base` always holds what the model
-    holds. Its other tables (hooks) are copied; `base` itself is never changed here."""
+    """The Linear `base` seen through a class that adds `updates` per row: a new object that shares `base`'s
+    attribute dictionary (parameters, buffers, hooks and whatever ComfyUI's loader marks on a module), so
+    whatever ComfyUI does to it while it stands in the model (weight patches, low-VRAM casts, the flags that
+    record them, and undoing all that) is what the same steps would do to `base`: the two never disagree.
+    The updates live on the per-copy class; nothing is written to `base`."""
     original = type(base)
     while issubclass(original, RegionalLoraLinear):  # a copy of a copy: mix into the Linear class itself
         original = original.__mro__[2]
-    cls = _MIXED.get(original)
-    if cls is None:
-        cls = _MIXED[original] = type(f"RegionalLora{original.__name__}", (RegionalLoraLinear, original), {})
-    copy = cls.__new__(cls)
-    for name, value in base.__dict__.items():
-        shared = name in ("_parameters", "_buffers")
-        copy.__dict__[name] = type(value)(value) if isinstance(value, (dict, list, set)) and not shared else value
-    copy.__dict__.update(regional_lora_updates=tuple(updates), regional_lora_stream=stream,
-                         regional_lora_state=state)
+    cls = type(f"RegionalLora{original.__name__}", (RegionalLoraLinear, original),
+               {"regional_lora_updates": tuple(updates), "regional_lora_stream": stream,
+                "regional_lora_state": state})
+    copy = object.__new__(cls)
+    copy.__dict__ = base.__dict__
     return copy
 
 

@@ -88,8 +88,6 @@ def lora_updates(patches: dict, row: int, strength: float, lora_name: str, diffu
 def apply_regional_lora(model, updates: dict[str, list[LowRankUpdate]], family, regional):
     """A clone of `model` with every regional LoRA update (earlier nodes' and `updates`) as object patches of
     the Linear layers, all bound to one new state, and the wrapper that sets it. `model` is not changed."""
-    from comfy.model_patcher import wipe_lowvram_weight
-
     patched = model.clone()
     combined: dict[str, list[LowRankUpdate]] = {}
     for path, obj in patched.object_patches.items():
@@ -100,10 +98,7 @@ def apply_regional_lora(model, updates: dict[str, list[LowRankUpdate]], family, 
     state = RegionalLoraState()
     for layer, ups in combined.items():
         base = patched.get_model_object(PREFIX + layer)
-        linear = regional_linear(base, tuple(ups), stream_of(layer), state)
-        wipe_lowvram_weight(linear)  # start unloaded: this patcher's load sets them (the base may be loaded now)
-        linear.__dict__.pop("comfy_patched_weights", None)
-        patched.add_object_patch(PREFIX + layer, linear)
+        patched.add_object_patch(PREFIX + layer, regional_linear(base, tuple(ups), stream_of(layer), state))
     patched.remove_wrappers_with_key("diffusion_model", LORA_KEY)
     patched.add_wrapper_with_key("diffusion_model", LORA_KEY, RegionalLoraWrapper(regional, state, family))
     return patched
