@@ -9,7 +9,9 @@ rest; base_ratio 0 in every block of every step, so each region's latent depends
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +138,32 @@ def test_bad_inputs_name_the_input(lora_server, change, message):
     assert result.status == "error"
     assert message in str(result.error), result.error
     assert latent(lora_server, graphs.regional_flux(seed=3, **ISOLATED)).isfinite().all()  # the server is up
+
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+
+
+def test_ui_workflow_matches_its_api_twin(lora_server):
+    from support.workflows import assert_ui_matches_api
+
+    ui = json.loads((WORKFLOWS / "regional_lora.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / "regional_lora.json").read_text())
+    assert (WORKFLOWS / "regional_lora.jpg").stat().st_size > 1000
+    assert [n["class_type"] for n in api.values()].count("RL_RegionalLora") == 2
+    assert_ui_matches_api(lora_server.object_info(), ui, api)
+
+
+@pytest.mark.slow
+def test_shipped_workflow_api_twin(lora_server):
+    """The example (real T5 through DualCLIPLoader) runs shrunk, with this module's LoRA files in place of the
+    example's."""
+    from rl_devkit.demo import shrink_for_tiny_models
+
+    prompt = shrink_for_tiny_models(json.loads((WORKFLOWS / "api" / "regional_lora.json").read_text()))
+    loras = iter((NATIVE, DIFFUSERS))
+    for node in prompt.values():
+        if node["class_type"] == "RL_RegionalLora":
+            node["inputs"]["lora_name"] = next(loras)
+    result = lora_server.run(prompt, timeout=1500)
+    assert result.status == "success", result.error
+    assert len([n for n, out in result.outputs.items() if out.get("images")]) >= 2
