@@ -119,20 +119,27 @@ class RegionalLoraState:
         self.layout: RowLayout | None = None
 
 
-def _add_update(update: LowRankUpdate, x: Tensor, out: Tensor, w: Tensor) -> Tensor:
-    down, up_t = update.factors(out.device, out.dtype)
-    xin = x if update.in_slice is None else x[..., update.in_slice[0]:update.in_slice[0] + update.in_slice[1]]
-    h = torch.nn.functional.linear(xin.to(out.dtype), down) * w[..., None]  # [B, L, r]: rank-sized, cheap
+def _add_updates(members: list[tuple[LowRankUpdate, Tensor]], x: Tensor, out: Tensor) -> Tensor:
+    """Adds every (update, row weights) of `members` (all on the same input and output slices) to `out`: their
+    factors stacked along the rank, so the whole group costs one rank-sized matmul on the input and one in-place
+    pass over the output."""
+    first = members[0][0]
+    factors = [u.factors(out.device, out.dtype) for u, _ in members]
+    down = torch.cat([d for d, _ in factors]) if len(factors) > 1 else factors[0][0]
+    up_t = torch.cat([u for _, u in factors]) if len(factors) > 1 else factors[0][1]
+    scale = torch.cat([(w * u.scale)[..., None].expand(*w.shape, u.down.shape[0]) for u, w in members], dim=-1)
+    xin = x if first.in_slice is None else x[..., first.in_slice[0]:first.in_slice[0] + first.in_slice[1]]
+    h = torch.nn.functional.linear(xin.to(out.dtype), down) * scale  # [B, L, Σr]: rank-sized, cheap
     flat = out.view(-1, out.shape[-1]) if out.is_contiguous() else None
     if flat is None:
-        delta = (h @ up_t) * update.scale
-        if update.out_slice is None:
+        delta = h @ up_t
+        if first.out_slice is None:
             return out + delta
-        start, n = update.out_slice
+        start, n = first.out_slice
         return torch.cat([out[..., :start], out[..., start:start + n] + delta, out[..., start + n:]], dim=-1)
-    if update.out_slice is not None:
-        flat = flat[:, update.out_slice[0]:update.out_slice[0] + update.out_slice[1]]
-    flat.addmm_(h.reshape(-1, h.shape[-1]), up_t, alpha=update.scale)  # in place: no output-sized temporary
+    if first.out_slice is not None:
+        flat = flat[:, first.out_slice[0]:first.out_slice[0] + first.out_slice[1]]
+    flat.addmm_(h.reshape(-1, h.shape[-1]), up_t)  # in place: no output-sized temporary
     return out
 
 
@@ -149,6 +156,7 @@ class RegionalLoraLinear:
         layout = self.regional_lora_state.layout if self.regional_lora_state is not None else None
         if layout is None or x.ndim != 3:
             return out
+        groups: dict[tuple, list] = {}  # updates on the same slices run as one stacked update
         for update in self.regional_lora_updates:
             w = layout.weights(update.region, self.regional_lora_stream, out.device, out.dtype)
             if w is None:
@@ -157,7 +165,9 @@ class RegionalLoraLinear:
                 raise ValueError(f"Regional LoRA: a {self.regional_lora_stream} layer sees {x.shape[1]} tokens, the "
                                  f"layout expects {w.shape[1]}; put Regional LoRA after Regional FLUX Patch (and no "
                                  "patch that changes FLUX's tokens in between)")
-            out = _add_update(update, x, out, w)
+            groups.setdefault((update.in_slice, update.out_slice), []).append((update, w))
+        for members in groups.values():
+            out = _add_updates(members, x, out)
         return out
 
 
