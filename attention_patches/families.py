@@ -7,6 +7,7 @@ model classes onto these entries).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 
@@ -23,12 +24,40 @@ class ModelFamily:
     reference_tokens: bool = False   # `ref_latents` add image tokens after the grid (FLUX.1 Kontext)
     latent_hint: str = "EmptySD3LatentImage"
     text_encoder_hint: str = "DualCLIPLoader, type flux"
+    # the model's attribute holding each kind's blocks (default `<kind>_blocks`)
+    block_lists: tuple[str, ...] | None = None
+    latent_dims: int = 2             # latent axes after batch and channels (Qwen-Image: time, height, width)
+    # Text RoPE positions. "shared": every text token sits at the same position (FLUX: 0), so region texts placed
+    # before the base text keep the positions they have alone. "sequential": text token j sits at txt_start + j
+    # (Qwen-Image), so the wrapper re-bases each region text and the base text to start at txt_start
+    # (text_positions.py, through ComfyUI's patches_replace["dit"] block patch point).
+    text_positions: str = "shared"
+    # other hosts' forward signatures (positional arguments before transformer_options), told apart by the names
+    # of the model's `forward` parameters
+    other_forward_args: tuple[tuple[str, ...], ...] = ()
+
+    def block_attributes(self) -> tuple[str, ...]:
+        return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
 
     def blocks(self, model) -> tuple[int, ...] | None:
-        """How many blocks of each kind `model` has (its `<kind>_blocks` lists), or None if it is not at hand."""
-        if model is None or not all(hasattr(model, f"{kind}_blocks") for kind in self.block_kinds):
+        """How many blocks of each kind `model` has (its block lists), or None if it is not at hand."""
+        if model is None or not all(hasattr(model, name) for name in self.block_attributes()):
             return None
-        return tuple(len(getattr(model, f"{kind}_blocks")) for kind in self.block_kinds)
+        return tuple(len(getattr(model, name)) for name in self.block_attributes())
+
+    def forward_names(self, model) -> tuple[str, ...]:
+        """The forward arguments before transformer_options on this host: the entry whose names match the
+        parameters of `model.forward`, else `forward_args`."""
+        if not self.other_forward_args or model is None:
+            return self.forward_args
+        try:
+            params = tuple(inspect.signature(model.forward).parameters)
+        except (TypeError, ValueError):
+            return self.forward_args
+        for names in (self.forward_args, *self.other_forward_args):
+            if params[:len(names)] == names:
+                return names
+        return self.forward_args
 
 
 FLUX1 = ModelFamily("flux1", "FLUX.1", ("x", "timestep", "context", "y", "guidance", "ref_latents", "control"),
@@ -36,4 +65,16 @@ FLUX1 = ModelFamily("flux1", "FLUX.1", ("x", "timestep", "context", "y", "guidan
 CHROMA = ModelFamily("chroma", "Chroma", ("x", "timestep", "context", "guidance", "control"), latent_channels=16,
                      text_encoder_hint="CLIPLoader, type chroma (T5-XXL)")
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA)}
+# Qwen-Image (and -Edit): 60 double-stream blocks as `transformer_blocks` (block_type "double" and block_index are
+# set on every supported host), joint sequence [text | image | reference latents (Edit)], text RoPE positions
+# arange(txt_start, ...). v0.3.76 calls (x, timestep, context, attention_mask, guidance, ref_latents, options);
+# newer hosts dropped guidance and added additional_t_cond after ref_latents.
+QWEN_IMAGE = ModelFamily("qwen_image", "Qwen-Image",
+                         ("x", "timestep", "context", "attention_mask", "guidance", "ref_latents"),
+                         latent_channels=16, block_kinds=("double",), block_lists=("transformer_blocks",),
+                         reference_tokens=True, latent_dims=3, text_positions="sequential",
+                         other_forward_args=(("x", "timestep", "context", "attention_mask", "ref_latents",
+                                              "additional_t_cond"),),
+                         text_encoder_hint="CLIPLoader, type qwen_image (Qwen2.5-VL 7B)")
+
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE)}

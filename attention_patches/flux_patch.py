@@ -22,11 +22,19 @@ from torch import Tensor
 from .families import FLUX1, ModelFamily
 from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
+from .text_positions import own_text_position_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
 # transformer_options key of a regional call's SequencePlan, for wrappers that run inside (Regional LoRA)
 PLAN_OPTION = "regional_layout.plan"
+# Raised when a sampling call ran FLUX without one call of our attention override: something below us took it out.
+NO_OVERRIDE_CALLS = (
+    "Regional FLUX: FLUX's attention never reached the regional override. Either a patch replaces FLUX's forward "
+    "(TeaCache, MagCache, Nunchaku models), which cannot be combined with regional prompting: remove it; or an "
+    "attention patch node (e.g. Sage/Flash attention) placed after Regional FLUX Patch replaces its attention "
+    "override instead of chaining it: connect that node before Regional FLUX Patch "
+    "(loader -> attention patch -> Regional FLUX Patch -> sampler)")
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,10 @@ def parse_blocks(text: str, count: int, name: str = "blocks") -> frozenset[int]:
 
 
 def step_is_controlled(transformer_options: dict, control_steps: int) -> bool:
-    """True while the current sigma lies in the first `control_steps` steps of the sampler's schedule (sub-step
-    evaluations of multi-stage samplers count with their step). Without a schedule, every call is regional."""
+    """True while the current sigma is above the schedule's sigma at step `control_steps`. Sub-steps strictly
+    between two schedule sigmas count with their step; one that lands exactly on the next schedule sigma (Heun's
+    corrector, the ancestral 2S midpoint at eta 1) counts with the next step, so in the last control step it runs
+    plain (README: control_steps). Without a schedule, every call is regional."""
     if control_steps <= 0:
         return False
     schedule, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
@@ -87,6 +97,15 @@ def step_is_controlled(transformer_options: dict, control_steps: int) -> bool:
         return True
     boundary = float(schedule[control_steps])
     return float(sigmas.max()) > boundary + 1e-5 * max(1.0, abs(boundary))
+
+
+def _is_first_step(transformer_options: dict) -> bool:
+    """True at the sampler's first sigma (or without a schedule): no step cache skips the model there."""
+    schedule, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
+    if schedule is None or sigmas is None:
+        return True
+    first = float(schedule[0])
+    return float(sigmas.max()) >= first - 1e-5 * max(1.0, abs(first))
 
 
 def _take(value, rows: Tensor, batch: int):
@@ -115,10 +134,11 @@ class RegionalFluxWrapper:
 
     # -----------------------------------------------------------------------------------------------------
     def __call__(self, executor, *call_args, **kwargs):
-        n = len(self.family.forward_args)
+        names = self.family.forward_names(getattr(executor, "class_obj", None))
+        n = len(names)
         args, transformer_options = call_args[:n], call_args[n] if len(call_args) > n else kwargs.pop(
             "transformer_options", {})
-        named = dict(zip(self.family.forward_args, args))
+        named = dict(zip(names, args))
         x, context = named["x"], named["context"]
         if not self.options.changes_anything or not step_is_controlled(transformer_options,
                                                                        self.options.control_steps):
@@ -156,9 +176,10 @@ class RegionalFluxWrapper:
         img_in = getattr(getattr(model, "img_in", None), "weight", None)
         per_token = family.patch_size ** 2
         channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
-        if x.ndim != 4 or x.shape[1] != channels:                                                # concat channels
+        frames = x.shape[2] if family.latent_dims == 3 and x.ndim == 5 else 1  # Qwen-Image: [B, C, 1, H, W]
+        if x.ndim != 2 + family.latent_dims or x.shape[1] != channels or frames != 1:           # concat channels
             raise ValueError(f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
-                             f"{family.latent_channels}-channel latent (use {family.latent_hint} or encode with "
+                             f"{family.latent_channels}-channel{' one-frame' if family.latent_dims == 3 else ''} latent (use {family.latent_hint} or encode with "
                              f"the {family.name} VAE)")
         if context.shape[-1] != self.cond.width:
             raise ValueError(f"Regional FLUX: regional_cond is {self.cond.width} wide but the prompt is "
@@ -166,22 +187,34 @@ class RegionalFluxWrapper:
                              f"({family.text_encoder_hint})")
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
-        named = dict(zip(self.family.forward_args, args))
+        model = getattr(executor, "class_obj", None)
+        named = dict(zip(self.family.forward_names(model), args))
         x, context = named["x"], named["context"]
+        if "attention_mask" in named:  # [B, T0]: it has no region text columns
+            named["attention_mask"] = _no_padding(named["attention_mask"])
         extra = _extra_tokens(named.get("ref_latents")) if self.family.reference_tokens else 0
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
-        blocks = self.family.blocks(getattr(executor, "class_obj", None))
+        blocks = self.family.blocks(model)
+        if self.family.text_positions == "sequential":
+            if blocks is None:
+                raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
+            rows = own_text_position_rows(plan.text_lens, plan.base_len, plan.length)
+            opts["patches_replace"] = with_own_text_positions(opts.get("patches_replace"), rows,
+                                                              self.family.block_kinds, blocks)
         override = regional_override(plan, self.options, transformer_options.get("optimized_attention_override"),
                                      [], blocks[0] if blocks else None)
         opts["optimized_attention_override"] = override
         opts[PLAN_OPTION] = plan
-        out = executor(*named.values(), opts, **kwargs)
-        if not override.calls:  # e.g. a patch that replaces FLUX's forward without passing transformer_options on
-            raise ValueError("Regional FLUX: FLUX's attention never reached the regional override; another patch "
-                             "replaces FLUX's forward (e.g. TeaCache) and cannot be combined with regional prompting")
+        out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
+        # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
+        # step only: later a step cache below us (EasyCache placed after the patcher) may skip FLUX altogether.
+        if not override.calls:
+            if _is_first_step(transformer_options):
+                raise ValueError(NO_OVERRIDE_CALLS)
+            return out
         if override.counted and (blocks is None or len(override.calls) != sum(blocks)):
             raise ValueError(f"Regional FLUX: this ComfyUI does not tell the attention which block runs, and the "
                              f"{len(override.calls)} attention calls do not match the model's blocks {blocks}, so "
@@ -211,7 +244,20 @@ class RegionalFluxWrapper:
 def _extra_tokens(ref_latents) -> int:
     if not ref_latents:
         return 0
-    return sum(math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2) for r in ref_latents)
+    return sum((r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2)
+               for r in ref_latents)
+
+
+def _no_padding(mask):
+    """A text attention mask (Qwen-Image on newer hosts) that masks nothing is dropped; one that pads the prompt
+    cannot combine with regional prompting yet."""
+    if mask is None:
+        return None
+    keeps = (mask == 0) if torch.is_floating_point(mask) else (mask != 0)  # float: additive bias; else 1 = keep
+    if bool(keeps.all()):
+        return None
+    raise ValueError("Regional FLUX: the prompt carries a text padding mask (prompts of different lengths batched "
+                     "together); regional prompting cannot combine with it yet: encode one prompt per conditioning")
 
 
 def block_of_call(opts: dict, calls_so_far: int, n_double: int | None) -> tuple[str, int, bool]:

@@ -210,10 +210,10 @@ class RegionalLoraWrapper:
         return self
 
     def __call__(self, executor, *call_args, **kwargs):
-        n = len(self.family.forward_args)
-        args = call_args[:n]
+        names = self.family.forward_names(getattr(executor, "class_obj", None))
+        n = len(names)
         opts = call_args[n] if len(call_args) > n else kwargs.get("transformer_options", {})
-        named = dict(zip(self.family.forward_args, args))
+        named = dict(zip(names, call_args[:n]))
         self.state.layout = self.layout(named, opts)
         try:
             return executor(*call_args, **kwargs)

@@ -1,8 +1,9 @@
 """Region masks brought to FLUX's token grid (one token per 2x2 latent patch, i.e. per 16x16 pixels).
 
 A token belongs to a region when the region covers at least half of its area; a region with any pixel keeps at
-least its best-covered token (argmax fill), so small regions never vanish. Soft masks (values between 0 and 1,
-or feathered edges) also keep their coverage as weights for the exact dense attention path.
+least its best-covered token (argmax fill), so small regions never vanish. This boolean membership is the paper's
+attention mask (Chen et al., arXiv 2411.02395). Soft weights are this pack's extension of it: regions with soft
+values or a feather keep their coverage (0..1) per token as weights, which only the dense attention path applies.
 Plain torch: nothing here imports ComfyUI.
 """
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..layout.feather import gaussian_blur
 
 COVER_THRESHOLD = 0.5
 SOFT_EPS = 1e-3  # pixel values further than this from 0 and 1 make a mask soft
@@ -46,32 +49,19 @@ def is_soft(mask: torch.Tensor) -> bool:
     return bool(((mask > SOFT_EPS) & (mask < 1 - SOFT_EPS)).any())
 
 
-def gaussian_blur(masks: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [R, H, W] masks (edges replicated); sigma in pixels of these masks."""
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = masks[:, None].float()
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
-
-
 def token_coverage(masks: torch.Tensor, latent_h: int, latent_w: int, patch_size: int = 2,
                    feathers: list[float] | None = None, vae_scale: int = 8) -> torch.Tensor:
     """[R, H, W] pixel masks → [R + 1, rows, cols] fraction of each token's area a region (last: their union)
     covers.
 
-    Masks are area-resized to the latent, feathered there (Gaussian, sigma = feather / 2 pixels), padded the way
-    FLUX pads the latent (edge replicated) and averaged over each patch.
+    Masks are area-resized to the latent, feathered there (layout/feather.py: sigma = feather / 2 picture pixels),
+    padded the way FLUX pads the latent (edge replicated) and averaged over each patch.
     """
     if masks.shape[0] == 0:
         return torch.zeros(1, *token_grid(latent_h, latent_w, patch_size))
     lat = F.interpolate(masks[:, None].float(), size=(latent_h, latent_w), mode="area")[:, 0]
     if feathers:
-        lat = torch.stack([gaussian_blur(m[None], f / (2 * vae_scale))[0] if f > 0 else m
-                           for m, f in zip(lat, feathers)])
+        lat = torch.stack([gaussian_blur(m, f / (2 * vae_scale)) if f > 0 else m for m, f in zip(lat, feathers)])
     pad_h, pad_w = (-latent_h) % patch_size, (-latent_w) % patch_size
     if pad_h or pad_w:
         lat = F.pad(lat[:, None], (0, pad_w, 0, pad_h), mode="replicate")[:, 0]
@@ -115,8 +105,8 @@ def region_token_masks(masks: torch.Tensor, latent_h: int, latent_w: int, *, fea
     if background:
         free = ~hard.any(0)
         if free.any():
-            rest = (1 - weights.max(0).values).clamp(0, 1) if weights.shape[0] else torch.ones_like(free, dtype=torch.float32)
-            bg_weight = rest if any(soft_rows) else free.float()
+            # what the regions leave: exactly `free` when every region is hard-edged
+            rest = (1 - weights.max(0).values).clamp(0, 1) if weights.shape[0] else free.float()
             hard = torch.cat([hard, free[None]])
-            weights = torch.cat([weights, bg_weight[None]])
+            weights = torch.cat([weights, rest[None]])
     return TokenMasks(token_grid(latent_h, latent_w, patch_size), hard, weights.float(), any(soft_rows))

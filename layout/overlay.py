@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import colorsys
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
+from .feather import feathered_masks
 from .regions import RegionLayout
 
 
@@ -36,3 +38,11 @@ def overlay_regions(image: torch.Tensor, layout: RegionLayout, opacity: float = 
     tint = torch.einsum("rhw,rc->hwc", masks, colors) / weight.clamp(min=1e-6)[..., None]
     alpha = (opacity * weight.clamp(max=1))[..., None]
     return image * (1 - alpha) + tint * alpha
+
+
+def layout_preview(layout: RegionLayout, opacity: float = 0.6) -> torch.Tensor:
+    """[1, H, W, 3] colour-coded picture of the (feathered) regions over mid grey; uncovered stays grey."""
+    soft = feathered_masks(layout)
+    shown = layout.with_regions(tuple(replace(r, mask=m) for r, m in zip(layout.regions, soft)))
+    grey = torch.full((1, layout.height, layout.width, 3), 0.35)
+    return overlay_regions(grey, shown, opacity)

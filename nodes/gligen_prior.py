@@ -1,11 +1,11 @@
 """LSReGen step 1: a small GLIGEN picture drawn from the layout's boxes, the layout prior."""
 
-import comfy.samplers
 from comfy_api.latest import io
 
-from ..guidance.gligen_prior import sample_prior
+from ..guidance.comfy_gligen import sample_prior
 from ..layout.boxes import boxes_from_layout, check_boxes, parse_boxes
-from .checks import finite, sampler_and_scheduler
+from .checks import finite, prefix_errors, sampler_and_scheduler
+from .sampler_inputs import ksampler_inputs
 from .types import CATEGORY, Regions
 
 
@@ -27,15 +27,10 @@ class GligenLayoutPrior(io.ComfyNode):
                                 tooltip="Prompt for the whole prior; empty uses the layout's base prompt followed "
                                         "by every phrase."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Noise seed of the prior."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps of the prior."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale of the prior."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
-                               tooltip="Sampler of the prior."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
-                               tooltip="Scheduler of the prior."),
+                *ksampler_inputs(seed="Noise seed of the prior.", steps="Sampling steps of the prior.",
+                                 cfg="Classifier-free guidance scale of the prior.",
+                                 sampler_name="Sampler of the prior.", scheduler="Scheduler of the prior.",
+                                 steps_default=20, cfg_default=7.5),
                 io.Int.Input("width", default=512, min=64, max=2048, step=8,
                              tooltip="Prior width in pixels. Boxes keep their fractions of the picture, so a prior "
                                      "of another aspect ratio is a squeezed layout that ImageScale stretches back."),
@@ -58,21 +53,15 @@ class GligenLayoutPrior(io.ComfyNode):
                 width, height, regions=None, boxes="") -> io.NodeOutput:
         finite("GLIGEN Layout Prior", "cfg", cfg, low=0.0)
         sampler_and_scheduler("GLIGEN Layout Prior", sampler_name, scheduler)
-        try:
+        with prefix_errors("GLIGEN Layout Prior"):
             phrases = boxes_from_layout(regions) if regions is not None else []
-            try:
+            with prefix_errors("boxes"):
                 phrases += parse_boxes(boxes or "")
-            except ValueError as err:
-                raise ValueError(f"boxes: {err}") from None
             check_boxes(phrases, "regions/boxes")
-        except ValueError as err:
-            raise ValueError(f"GLIGEN Layout Prior: {err}") from None
         if not prompt.strip():
             base = regions.base_prompt.strip() if regions is not None else ""
             prompt = "; ".join([p for p in [base] if p] + [phrase for phrase, _ in phrases])
-        try:
+        with prefix_errors("GLIGEN Layout Prior"):
             image, latent = sample_prior(model, clip, vae, gligen, phrases, prompt, negative, seed, steps, cfg,
                                          sampler_name, scheduler, width, height)
-        except ValueError as err:
-            raise ValueError(f"GLIGEN Layout Prior: {err}") from None
         return io.NodeOutput(image, latent)

@@ -6,9 +6,10 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance.backward import DISTANCES, FEATURES, GuidanceSettings
-from ..guidance.sampling import GuidancePlan, sample
+from ..guidance.comfy_sampling import GUIDED_SAMPLERS, GuidancePlan, TrajectoryMismatch, sample
 from ..layout.boxes import box_mask, boxes_from_layout
-from .checks import finite, sampler_and_scheduler
+from .checks import finite, prefix_errors, sampler_and_scheduler
+from .sampler_inputs import guidance_fraction_input, ksampler_inputs
 from .types import CATEGORY, Regions, Trajectory
 
 
@@ -21,6 +22,11 @@ def layout_mask(regions, latent: torch.Tensor) -> torch.Tensor:
     return box_mask(boxes, *latent.shape[-2:])[None, None]
 
 
+def fallback_samplers() -> list[str]:
+    """The host's samplers that run their guided steps as Euler (all but GUIDED_SAMPLERS)."""
+    return [name for name in comfy.samplers.SAMPLER_NAMES if name not in GUIDED_SAMPLERS]
+
+
 class BackwardGuidanceKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -30,20 +36,17 @@ class BackwardGuidanceKSampler(io.ComfyNode):
             category=f"{CATEGORY}/lsregen",
             description="KSampler that, during the first steps, pulls its noisy latent toward the layout prior's "
                         "inverted latents: z <- z - gamma * grad D(feat(z), feat(z_bar)). Works with every sampler "
-                        "and scheduler; with gamma 0 or fraction 0 it is exactly KSampler.",
+                        "(some run their guided steps as Euler) and scheduler; with gamma 0 or fraction 0 it is "
+                        "exactly KSampler.",
             inputs=[
                 io.Model.Input("model", tooltip="The model (SDXL) used for denoising the input latent."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="The random seed used for creating the noise."),
-                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The number of denoising steps."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
-                               tooltip="Any sampler. Those that evaluate the model off the schedule or on derived "
-                                       "latents (uni_pc, dpm_fast/adaptive, heun, 2s/2-ancestral, ipndm, deis) run "
-                                       "their guided steps as Euler, then themselves."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
-                               tooltip="The scheduler."),
+                *ksampler_inputs(
+                    seed="The random seed used for creating the noise.", steps="The number of denoising steps.",
+                    cfg="Classifier-free guidance scale.",
+                    sampler_name="Any sampler. Its guided steps run inside the sampler, except for these, which run "
+                                 "them as Euler (DDIM) steps and then themselves (README, 'Samplers'): "
+                                 f"{', '.join(fallback_samplers())}.",
+                    scheduler="The scheduler."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent of the final size)."),
@@ -55,9 +58,8 @@ class BackwardGuidanceKSampler(io.ComfyNode):
                                        "at every size: with identity + squared_l2 each update is z <- (1 - 2 gamma) z "
                                        "+ 2 gamma z_bar; (0, 0.5] pulls (0.5 snaps to z_bar, above 0.5 overshoots, "
                                        "above 1 diverges). Small boxes need a larger gamma. 0 = plain KSampler."),
-                io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
-                               tooltip="Guide the first ceil(fraction x steps) steps (paper: 0.1; more costs "
-                                       "quality)."),
+                guidance_fraction_input("Guide the first ceil(fraction x steps) steps (paper: 0.1; more costs "
+                                        "quality)."),
                 io.Int.Input("guidance_iterations", default=1, min=1, max=100,
                              tooltip="Guidance updates per guided step."),
                 io.Combo.Input("feature", options=list(FEATURES), default="identity",
@@ -87,20 +89,13 @@ class BackwardGuidanceKSampler(io.ComfyNode):
         finite(name, "cfg", cfg, low=0.0)
         finite(name, "denoise", denoise, 0.0, 1.0)
         sampler_and_scheduler(name, sampler_name, scheduler)
-        try:
+        with prefix_errors(name):
             settings = GuidanceSettings(guidance_scale, feature, distance, guidance_iterations)
-            mask = layout_mask(regions, latent_image["samples"]) if feature == "masked" and regions is not None \
-                else None
             if feature == "masked" and regions is None:
                 raise ValueError("regions: the masked feature needs the layout's regions connected")
+            mask = layout_mask(regions, latent_image["samples"]) if feature == "masked" else None
             plan = GuidancePlan(trajectory, settings, guidance_fraction, mask, bool(start_from_trajectory))
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
-        try:
+        with prefix_errors(name, TrajectoryMismatch):
             out = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                          plan)
-        except ValueError as err:
-            if str(err).startswith("trajectory:"):
-                raise ValueError(f"{name}: {err}") from None
-            raise
         return io.NodeOutput(out)

@@ -3,8 +3,9 @@
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..guidance.sampling import invert
+from ..guidance.comfy_inversion import invert
 from .checks import finite, one_of
+from .sampler_inputs import guidance_fraction_input, scheduler_input, seed_input, steps_input
 from .types import CATEGORY, Trajectory
 
 METHODS = ["inversion", "forward_noise"]
@@ -29,19 +30,15 @@ class LatentInversion(io.ComfyNode):
                 io.Combo.Input("method", options=METHODS, default="inversion",
                                tooltip="inversion: DDIM inversion with the model (one evaluation per inversion "
                                        "step); forward_noise: z0 + sigma * noise at each sigma (free, less faithful)."),
-                io.Int.Input("steps", default=30, min=1, max=10000,
-                             tooltip="The guided sampler's steps: the trajectory holds its first sigmas exactly."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
-                               tooltip="The guided sampler's scheduler."),
-                io.Float.Input("guidance_fraction", default=0.1, min=0.0, max=1.0, step=0.01,
-                               tooltip="How far to invert: the first ceil(fraction x steps) sigmas of the schedule "
-                                       "(use the guided sampler's fraction or more)."),
+                steps_input("The guided sampler's steps: the trajectory holds its first sigmas exactly."),
+                scheduler_input("The guided sampler's scheduler."),
+                guidance_fraction_input("How far to invert: the first ceil(fraction x steps) sigmas of the schedule "
+                                        "(use the guided sampler's fraction or more)."),
                 io.Int.Input("inversion_steps", default=5, min=1, max=1000,
                              tooltip="Coarse inversion grid: the schedule with this many steps, below the guided "
                                      "sigmas (each costs one model evaluation). 5 stays within 2 % of a 40-step "
                                      "inversion at the guided sigmas (README); fewer is faster, more is faithful."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
-                             tooltip="Noise seed for forward_noise (unused by inversion)."),
+                seed_input("Noise seed for forward_noise (unused by inversion).", control_after_generate=None),
                 io.Int.Input("refine", default=0, min=0, max=20,
                              tooltip="Fixed-point iterations per inversion step (one model evaluation each): each "
                                      "step is re-taken with the derivative at its end, so Euler sampling back "

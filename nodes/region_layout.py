@@ -3,14 +3,13 @@
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from ..layout.editor_state import (
-    build_layout,
-    feathered_masks,
-    layout_from_color_map,
-    layout_preview,
-    parse_layout_json,
-)
+from ..layout.color_map import layout_from_color_map
+from ..layout.feather import feathered_masks
 from ..layout.from_masks import split_prompts
+from ..layout.layout_json import parse_layout_json
+from ..layout.overlay import layout_preview
+from ..layout.rasterize import build_layout
+from .checks import prefix_errors
 from .types import CATEGORY, Regions, layout_inputs
 
 EMPTY_STATE = '{"version": 1, "regions": []}'
@@ -31,7 +30,7 @@ class RegionLayoutNode(io.ComfyNode):
                                background_tip="Prompt for the area no region covers (a region of its own)."),
                 io.String.Input("editor_state", default=EMPTY_STATE, socketless=True,
                                 tooltip="The editor's drawing as versioned JSON (written by the canvas; scripts "
-                                        "may set it through the API). Schema: layout/editor_state.py."),
+                                        "may set it through the API). Schema: layout/layout_json.py."),
                 io.String.Input("layout_json", optional=True, force_input=True,
                                 tooltip="Optional layout JSON (e.g. from an LLM planner) that replaces the editor's "
                                         "drawing: {width, height, base_prompt, background_prompt, regions: [{prompt, "
@@ -53,13 +52,11 @@ class RegionLayoutNode(io.ComfyNode):
                 layout_json=None, backdrop=None) -> io.NodeOutput:
         name, text = ("layout_json", layout_json) if layout_json and layout_json.strip() else ("editor_state",
                                                                                               editor_state)
-        try:
+        with prefix_errors("Region Layout"):
             spec = parse_layout_json(text, input_name=name, default_size=(width, height))
             if name == "layout_json":
                 width, height = spec.width or width, spec.height or height
             layout = build_layout(spec, width, height, base_prompt, background_prompt)
-        except ValueError as err:
-            raise ValueError(f"Region Layout: {err}") from None
         outputs = layout_outputs(layout)
         if backdrop is not None:
             outputs.ui = {"rl_backdrop": save_backdrop(backdrop)}
@@ -109,10 +106,8 @@ class RegionsFromColorMap(io.ComfyNode):
 
     @classmethod
     def execute(cls, color_map, prompts, tolerance, width, height, base_prompt, background_prompt) -> io.NodeOutput:
-        try:
+        with prefix_errors("Regions From Color Map"):
             layout = layout_from_color_map(color_map, split_prompts(prompts), width=width, height=height,
                                            tolerance=tolerance, base_prompt=base_prompt,
                                            background_prompt=background_prompt)
-        except ValueError as err:
-            raise ValueError(f"Regions From Color Map: {err}") from None
         return layout_outputs(layout)

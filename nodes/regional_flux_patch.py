@@ -1,10 +1,11 @@
-"""Patch a FLUX.1 or Chroma model for regional prompting (region-aware attention in the chosen blocks and steps)."""
+"""Patch a FLUX.1, Chroma or Qwen-Image model for regional prompting (region-aware attention in the chosen blocks
+and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, ModelFamily
+from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, QWEN_IMAGE, ModelFamily
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
-from .checks import finite
+from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
 
 
@@ -12,15 +13,42 @@ def model_family(model) -> tuple[ModelFamily, object]:
     """The family and diffusion model inside a ModelPatcher, or a ValueError naming the input and what works."""
     from comfy.ldm.chroma.model import Chroma
     from comfy.ldm.flux.model import Flux
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     diffusion_model = model.get_model_object("diffusion_model")
     if type(diffusion_model) is Flux and len(diffusion_model.params.axes_dim) == 3:  # FLUX.2 has 4 RoPE axes
         return FLUX1, diffusion_model
     if type(diffusion_model) is Chroma:  # not Chroma Radiance (pixel space)
         return CHROMA, diffusion_model
+    if type(diffusion_model) is QwenImageTransformer2DModel:  # Qwen-Image and Qwen-Image-Edit
+        return QWEN_IMAGE, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
                      f"not support yet; connect a model of one of these families: {supported} (UNETLoader)")
+
+
+def context_width(diffusion_model) -> int:
+    """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Qwen-Image: txt_in's input)."""
+    params = getattr(diffusion_model, "params", None)
+    if params is not None and hasattr(params, "context_in_dim"):
+        return params.context_in_dim
+    return diffusion_model.txt_in.in_features
+
+
+def block_sets(family: ModelFamily, diffusion_model, double_blocks: str, single_blocks: str):
+    """The chosen double and single blocks; a family without single-stream blocks (Qwen-Image) takes only 'all' or
+    'none' there (nothing to choose)."""
+    counts = dict(zip(family.block_kinds, family.blocks(diffusion_model)))
+    chosen = {}
+    for kind, text in (("double", double_blocks), ("single", single_blocks)):
+        if kind not in counts:
+            if text.strip().lower() not in ("", "all", "*", "none"):
+                raise ValueError(f"{kind}_blocks: {family.name} has no {kind}-stream blocks; set it to 'all' or "
+                                 "'none'")
+            chosen[kind] = frozenset()
+        else:
+            chosen[kind] = parse_blocks(text, counts[kind], f"{kind}_blocks")
+    return chosen["double"], chosen["single"]
 
 
 class RegionalFluxPatch(io.ComfyNode):
@@ -34,8 +62,8 @@ class RegionalFluxPatch(io.ComfyNode):
                         "control steps, each region's image follows its own prompt. Works on a copy of the model; "
                         "the negative prompt and the other steps run plain FLUX.",
             inputs=[
-                io.Model.Input("model", tooltip="A FLUX.1 (dev, schnell, Krea-dev) or Chroma model (LoRAs may be "
-                                                "applied before)."),
+                io.Model.Input("model", tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma or Qwen-Image model "
+                                                "(LoRAs may be applied before)."),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input("base_ratio", default=0.2, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of the base prompt in the image attention (beta): smaller means "
@@ -46,12 +74,14 @@ class RegionalFluxPatch(io.ComfyNode):
                                      "steps are plain FLUX). Paper: 5-10 of 24; more means stronger regions."),
                 io.String.Input("double_blocks", default="all",
                                 tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-7,12' (FLUX.1 has 19, numbered from 0). In the other blocks the "
-                                        "region prompts still take part, without the mask (the paper's code)."),
+                                        "like '0-7,12' (FLUX.1 has 19, Qwen-Image 60, numbered from 0). In the "
+                                        "other blocks the region prompts still take part, without the mask (the "
+                                        "paper's code)."),
                 io.String.Input("single_blocks", default="all",
                                 tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                                        "like '0-37' (FLUX.1 has 38, numbered from 0). In the other blocks the "
-                                        "region prompts still take part, without the mask (the paper's code)."),
+                                        "like '0-37' (FLUX.1 has 38, numbered from 0; Qwen-Image has none). In the "
+                                        "other blocks the region prompts still take part, without the mask (the "
+                                        "paper's code)."),
                 io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
                                tooltip="Soften every region's edge by this many pixels (uses the exact dense "
                                        "attention path, which is slower)."),
@@ -65,16 +95,13 @@ class RegionalFluxPatch(io.ComfyNode):
         finite("Regional FLUX Patch", "base_ratio", base_ratio, 0.0, 1.0)
         finite("Regional FLUX Patch", "feather", feather, 0.0, 256.0)
         family, diffusion_model = model_family(model)
-        if regional_cond.width != diffusion_model.params.context_in_dim:
+        width = context_width(diffusion_model)
+        if regional_cond.width != width:
             raise ValueError(f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "
-                             f"{diffusion_model.params.context_in_dim}: encode the regions with the {family.name} text "
-                             f"encoder ({family.text_encoder_hint})")
-        try:
-            options = RegionalFluxOptions(
-                beta=float(base_ratio), control_steps=int(control_steps),
-                double_blocks=parse_blocks(double_blocks, len(diffusion_model.double_blocks), "double_blocks"),
-                single_blocks=parse_blocks(single_blocks, len(diffusion_model.single_blocks), "single_blocks"),
-                feather=float(feather))
-        except ValueError as err:
-            raise ValueError(f"Regional FLUX Patch: {err}") from None
+                             f"{width}: encode the regions with the {family.name} text encoder "
+                             f"({family.text_encoder_hint})")
+        with prefix_errors("Regional FLUX Patch"):
+            double, single = block_sets(family, diffusion_model, double_blocks, single_blocks)
+            options = RegionalFluxOptions(beta=float(base_ratio), control_steps=int(control_steps),
+                                          double_blocks=double, single_blocks=single, feather=float(feather))
         return io.NodeOutput(apply_regional_flux(model, regional_cond, options, family))

@@ -12,6 +12,7 @@ import math
 
 from comfy_api.latest import io
 
+from ..attention_patches.families import CHROMA, FLUX1
 from ..attention_patches.flux_patch import PATCH_KEY
 from ..attention_patches.regional_lora import (LowRankUpdate, RegionalLoraLinear, RegionalLoraState,
                                                RegionalLoraWrapper, plain_linear_updates, regional_linear, stream_of)
@@ -125,6 +126,9 @@ def load_regional_lora(model, lora_name: str, strength: float, region: str):
         family, diffusion_model = model_family(model)
     except ValueError as err:
         raise ValueError(f"{NODE}: {str(err).split(': ', 1)[1]}") from None
+    if family not in (FLUX1, CHROMA):  # other families name their layers differently (see stream_of)
+        raise ValueError(f"{NODE}: model is {family.name}; Regional LoRA supports FLUX.1 and Chroma so far (load "
+                         "this LoRA for the whole model with LoraLoaderModelOnly)")
     row = region_row(regional.cond, region)
     path = folder_paths.get_full_path("loras", lora_name) if isinstance(lora_name, str) else None
     if path is None:

@@ -4,6 +4,7 @@ with its real tokens only."""
 from comfy_api.latest import io
 
 from ..attention_patches.regional_cond import encode_regions
+from .checks import prefix_errors
 from .types import CATEGORY, RegionalCond, Regions
 
 
@@ -37,9 +38,7 @@ class RegionalPromptEncode(io.ComfyNode):
     def execute(cls, clip, regions) -> io.NodeOutput:
         if clip is None:
             raise ValueError("Regional Prompt Encode: clip is not connected to a text encoder")
-        try:
+        with prefix_errors("Regional Prompt Encode: regions"):
             regional = encode_regions(clip, regions)
-        except ValueError as err:
-            raise ValueError(f"Regional Prompt Encode: regions: {err}") from None
         base = clip.encode_from_tokens_scheduled(clip.tokenize(regions.base_prompt))
         return io.NodeOutput(base, regional)

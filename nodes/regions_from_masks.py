@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..layout.from_masks import layout_from_masks, split_prompts
-from .checks import finite
+from .checks import finite, prefix_errors
 from .types import CATEGORY, Regions, layout_inputs
 
 
@@ -31,9 +31,7 @@ class RegionsFromMasks(io.ComfyNode):
     @classmethod
     def execute(cls, masks, prompts, width, height, base_prompt, background_prompt, feather) -> io.NodeOutput:
         finite("Regions From Masks", "feather", feather, 0.0, 256.0)
-        try:
+        with prefix_errors("Regions From Masks"):
             layout = layout_from_masks(masks, split_prompts(prompts), width=width, height=height,
                                        base_prompt=base_prompt, background_prompt=background_prompt, feather=feather)
-        except ValueError as err:
-            raise ValueError(f"Regions From Masks: {err}") from None
         return io.NodeOutput(layout)

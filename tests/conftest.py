@@ -1,5 +1,10 @@
 """Shared fixtures: the real ComfyUI host (imported in-process for unit tests, or served on 127.0.0.1 for
-integration tests), the tiny models, and this pack imported as the package `regional_layout`."""
+integration tests), the tiny models, and this pack imported as the package `regional_layout`.
+
+Tests marked `pure` need only torch, numpy and pillow: `python3 -m pytest -m pure` runs them without any ComfyUI.
+Every other test needs the host, and asks for it through the `comfyui` fixture (directly or through the fixtures
+below).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 COMFYUI = Path(os.environ.get("COMFYUI_PATH", REPO / ".comfyui")).resolve()
 MODELS = Path(os.environ.get("RL_MODELS_DIR", REPO / ".cache" / "tiny_models")).resolve()
 ARTIFACTS = REPO / "test-artifacts"
-
-if not (COMFYUI / "main.py").exists():
-    raise pytest.UsageError(f"No ComfyUI at {COMFYUI}: run `python3 scripts/dev.py test`, or set COMFYUI_PATH")
+HAS_HOST = (COMFYUI / "main.py").exists()
+NO_HOST = f"No ComfyUI at {COMFYUI}: run `python3 scripts/dev.py test`, or set COMFYUI_PATH"
+PURE_MARK = "mark.pure"  # how a test file says it holds pure tests
 
 
 def _import_paths() -> None:
@@ -27,7 +32,7 @@ def _import_paths() -> None:
         link.symlink_to(REPO, target_is_directory=True)
     # `python -m pytest` puts the repo root first, where our `nodes/` would shadow ComfyUI's `nodes` module:
     # move ComfyUI (and our helpers) to the very front even when PYTHONPATH already lists them.
-    for path in (str(link_dir), str(REPO / "tests"), str(REPO / "scripts"), str(COMFYUI)):
+    for path in (str(link_dir), str(REPO / "tests"), str(REPO / "scripts"), *([str(COMFYUI)] if HAS_HOST else [])):
         while path in sys.path:
             sys.path.remove(path)
         sys.path.insert(0, path)
@@ -42,13 +47,40 @@ def _configure_comfy() -> None:
 
 
 _import_paths()
-_configure_comfy()
+if HAS_HOST:
+    _configure_comfy()
 
-from rl_devkit.server import ComfyServer  # noqa: E402
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without the host, test files that hold no pure test are not even imported (most import ComfyUI)."""
+    if HAS_HOST or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return True if PURE_MARK not in collection_path.read_text(encoding="utf-8") else None  # None: pytest decides
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without the host only pure tests may run: say so up front instead of failing test by test."""
+    if not HAS_HOST and any(item.get_closest_marker("pure") is None for item in session.items):
+        raise pytest.UsageError(f"{NO_HOST}; or run only the pure tests: python3 -m pytest -m pure")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A pure test must not ask for the host: catch a wrong mark at collection, not on a machine without ComfyUI."""
+    for item in items:
+        if item.get_closest_marker("pure") and "comfyui" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} is marked pure but uses the ComfyUI host")
 
 
 @pytest.fixture(scope="session")
-def tiny_models() -> Path:
+def comfyui() -> Path:
+    """The ComfyUI host: its folder (already first on sys.path)."""
+    if not HAS_HOST:
+        raise pytest.UsageError(NO_HOST)
+    return COMFYUI
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfyui: Path) -> Path:
     manifest = MODELS / "tiny_models.json"
     if not manifest.exists():
         raise pytest.UsageError(f"No tiny models in {MODELS}: run `python3 scripts/dev.py test` (it writes them)")
@@ -62,7 +94,9 @@ def artifacts() -> Path:
 
 
 def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = (),
-                 extra_model_dirs: dict | None = None) -> ComfyServer:
+                 extra_model_dirs: dict | None = None):
+    from rl_devkit.server import ComfyServer
+
     return ComfyServer(COMFYUI, REPO, tiny_models, extra_flags=extra_flags,
                        extra_custom_nodes=extra_custom_nodes, extra_model_dirs=extra_model_dirs).start()
 

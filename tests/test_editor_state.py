@@ -12,13 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from regional_layout.layout.editor_state import (
-    build_layout,
-    feathered_masks,
-    gaussian_feather,
-    layout_from_color_map,
-    parse_layout_json,
-)
+from regional_layout.layout.color_map import layout_from_color_map
+from regional_layout.layout.feather import feather_mask, feathered_masks, gaussian_blur
+from regional_layout.layout.layout_json import parse_layout_json
+from regional_layout.layout.rasterize import build_layout
+
+pytestmark = pytest.mark.pure
 
 
 def layout_of(state: dict, width: int, height: int, **kwargs):
@@ -143,7 +142,7 @@ def test_feather_blurs_and_keeps_mass():
     assert 0 < float(soft[32, 14]) < 1 and 0 < float(soft[32, 17]) < 1
     assert abs(float(soft.sum()) - float(hard.sum())) < 1.0
     assert float(soft[32, 32]) == pytest.approx(1.0)
-    assert torch.equal(gaussian_feather(hard, 0), hard)
+    assert torch.equal(feather_mask(hard, 0), hard)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -222,3 +221,13 @@ def test_color_map_tolerance_absorbs_noise_and_resizes():
 def test_color_map_with_more_colours_than_prompts():
     with pytest.raises(ValueError, match="color_map: the map has 2 colours .* but there are 1 prompts"):
         layout_from_color_map(color_map(32, 32), ["only one"], width=32, height=32)
+
+
+def test_feather_is_the_same_gaussian_at_every_mask_size():
+    """The kernel reaches 3 sigma even past a small mask's edge (edges repeat): no narrower blur on small masks."""
+    small = torch.zeros(6, 6)
+    small[:, :3] = 1
+    big = torch.nn.functional.pad(small[None, None], (40, 40, 40, 40), mode="replicate")[0, 0]
+    blurred = gaussian_blur(small, 4.0)
+    torch.testing.assert_close(blurred, gaussian_blur(big, 4.0)[40:46, 40:46], atol=1e-6, rtol=0)
+    assert 0 < float(blurred.min()) and float(blurred.max()) <= 1

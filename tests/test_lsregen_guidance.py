@@ -9,6 +9,8 @@ from regional_layout.guidance.inversion import inversion_grid, invert_euler
 from regional_layout.guidance.trajectory import Trajectory, forward_noise, guided_steps, interpolate
 from regional_layout.layout.boxes import box_mask, boxes_from_layout, check_boxes, gligen_position, parse_boxes
 
+pytestmark = pytest.mark.pure
+
 
 def latents(seed: int, shape=(1, 4, 16, 24)) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
@@ -203,3 +205,19 @@ def test_boxes_parse_check_and_map():
         check_boxes([("p", (0.0, 0.0, 0.1, 0.1))] * 31, "regions/boxes")
     with pytest.raises(ValueError, match="line 1"):
         parse_boxes("a car at the left")
+
+
+def test_only_the_comfy_adapters_import_the_host():
+    """guidance/'s pure maths never imports ComfyUI; the modules that do are named comfy_*.py."""
+    import ast
+    from pathlib import Path
+
+    host = {"comfy", "comfy_api", "comfy_extras", "latent_preview", "folder_paths", "node_helpers", "nodes"}
+    for path in (Path(__file__).resolve().parents[1] / "guidance").glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        assert bool(imported & host) == path.name.startswith("comfy_"), (path.name, sorted(imported & host))

@@ -10,8 +10,10 @@ import math
 
 import pytest
 import torch
-from regional_layout.guidance import sampling as S
+from regional_layout.guidance import comfy_inversion as I
+from regional_layout.guidance import comfy_sampling as S
 from regional_layout.guidance.backward import GuidanceSettings
+from regional_layout.guidance.trajectory import Trajectory
 from regional_layout.layout.boxes import parse_boxes
 from support import graphs
 
@@ -45,7 +47,7 @@ def empty_latent() -> dict:
 
 def reference_trajectory(model, positive, steps: int, fraction: float):
     ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(11)) * 4}
-    trajectory, _ = S.invert(model, positive, ref, steps, "normal", fraction, steps, "forward_noise", 3)
+    trajectory, _ = I.invert(model, positive, ref, steps, "normal", fraction, steps, "forward_noise", 3)
     return trajectory
 
 
@@ -79,7 +81,7 @@ def test_gamma_zero_or_fraction_zero_equal_ksampler(sd15, sampler_name, gamma, f
     assert torch.equal(guided(model, positive, negative, sampler_name, plan, steps), expected)
     assert plan.log == []
     # The guided sampler object itself, hooked into every step with gamma 0, changes nothing either
-    # (for samplers outside S.FALLBACK_SAMPLERS, which run their guided head as Euler).
+    # (for samplers in S.GUIDED_SAMPLERS; the others run their guided head as Euler).
     plan = S.GuidancePlan(trajectory, GuidanceSettings(0.0), 1.0)
     sigmas = S.ksampler_sigmas(model, steps, sampler_name, "normal", 1.0)
     noise = comfy.sample.prepare_noise(torch.zeros(LATENT), SEED)
@@ -147,7 +149,7 @@ def test_start_from_trajectory_equals_ksampler_advanced_without_noise(sd15):
     model, _, _, positive, negative = sd15
     steps = 3
     ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(5))}
-    trajectory, noisy = S.invert(model, positive, ref, steps, "normal", 0.5, 2, "inversion", 0)
+    trajectory, noisy = I.invert(model, positive, ref, steps, "normal", 0.5, 2, "inversion", 0)
 
     def run(sampler_name, seed, gamma=0.0, start=True):
         plan = S.GuidancePlan(trajectory, GuidanceSettings(gamma), 0.5, start_from_trajectory=start)
@@ -174,8 +176,7 @@ def test_inversion_round_trip(sd15):
     model_sampling = model.get_model_object("model_sampling")
     grid = torch.linspace(float(model_sampling.sigma_min), 0.5, 5)
     states: list[torch.Tensor] = []
-    inversion = comfy.samplers.KSAMPLER(S._sample_inversion, extra_options={"lsregen_states": states,
-                                                                            "lsregen_refine": 2})
+    inversion = I.inversion_sampler(states, refine=2)
     noisy = comfy.samplers.sample(model, torch.zeros(LATENT), positive, positive, 1.0, model.load_device, inversion,
                                   grid, model_options=model.model_options, latent_image=ref, seed=0)
     back = comfy.samplers.sample(model, torch.zeros(LATENT), positive, positive, 1.0, model.load_device,
@@ -189,7 +190,7 @@ def test_inversion_round_trip(sd15):
 def test_inversion_trajectory_holds_the_guided_sigmas(sd15):
     model, _, _, positive, _ = sd15
     ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(3))}
-    trajectory, noisy = S.invert(model, positive, ref, 10, "normal", 0.2, 2, "inversion", 0)
+    trajectory, noisy = I.invert(model, positive, ref, 10, "normal", 0.2, 2, "inversion", 0)
     sigmas = S.ksampler_sigmas(model, 10, "euler", "normal", 1.0)
     for s in sigmas[:2].tolist():  # exact grid points, not interpolated
         assert any(math.isclose(s, g, rel_tol=1e-6) for g in trajectory.sigmas.tolist())
@@ -205,13 +206,13 @@ def test_inversion_keeps_no_autograd_graph_outside_inference_mode(sd15):
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     assert any(p.requires_grad for p in model.model.parameters()), "the premise: ComfyUI's weights require grad"
     ref = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(3))}
-    trajectory, noisy = S.invert(model, positive, ref, 10, "normal", 0.2, 2, "inversion", 0)
+    trajectory, noisy = I.invert(model, positive, ref, 10, "normal", 0.2, 2, "inversion", 0)
     assert trajectory.latents.grad_fn is None and not trajectory.latents.requires_grad
     assert not noisy["samples"].requires_grad
 
 
 def test_gligen_boxes_reach_the_model(sd15, gligen):
-    from regional_layout.guidance.gligen_prior import sample_prior
+    from regional_layout.guidance.comfy_gligen import sample_prior
 
     model, clip, vae, positive, negative = sd15
 
@@ -231,7 +232,7 @@ def test_gligen_prior_rejects_wrong_models(sd15, gligen, tiny_models):
     import comfy.gligen
     import comfy.model_patcher
     import comfy.utils
-    from regional_layout.guidance.gligen_prior import check_gligen_matches, check_sd1_model
+    from regional_layout.guidance.comfy_gligen import check_gligen_matches, check_sd1_model
 
     model = sd15[0]
     check_sd1_model(model)
@@ -249,11 +250,11 @@ def test_trajectory_must_match_the_latent(sd15):
     with pytest.raises(ValueError, match="trajectory: it holds latents of shape"):
         S.sample(model, SEED, 3, 4.0, "euler", "normal", positive, negative, {"samples": torch.zeros(1, 4, 8, 16)},
                  plan=plan)
-    low = S.Trajectory(trajectory.sigmas[:2], trajectory.latents[:2], trajectory.model_kind, "forward_noise")
+    low = Trajectory(trajectory.sigmas[:2], trajectory.latents[:2], trajectory.model_kind, "forward_noise")
     plan = S.GuidancePlan(low, GuidanceSettings(0.2), 1.0)
     with pytest.raises(ValueError, match="trajectory: it reaches sigma"):
         S.sample(model, SEED, 3, 4.0, "euler", "normal", positive, negative, empty_latent(), plan=plan)
-    other = S.Trajectory(trajectory.sigmas, trajectory.latents, "SDXL/SDXL", "forward_noise")
+    other = Trajectory(trajectory.sigmas, trajectory.latents, "SDXL/SDXL", "forward_noise")
     plan = S.GuidancePlan(other, GuidanceSettings(0.2), 1.0)
     with pytest.raises(ValueError, match="trajectory: it was made with a SDXL/SDXL model"):
         S.sample(model, SEED, 3, 4.0, "euler", "normal", positive, negative, empty_latent(), plan=plan)

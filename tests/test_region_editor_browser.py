@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.browser import Browser, chromium_available, quiet_settings
+from rl_devkit.browser import Browser, chromium_available, quiet_settings, screenshot_node
+from rl_devkit.server import FINAL_EVENTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOT = REPO / "docs" / "images" / "region_editor.png"
 WIDTH, HEIGHT = 256, 192  # non-square on purpose
 PROMPTS = ["a red barn", "a <b>white</b> horse", "<img src=x onerror=\"window.rlHacked=1\"> a river"]
 # Drags in canvas pixels (from the canvas's top-left corner): two rectangles and one brush stroke.
@@ -110,19 +110,6 @@ def mask_images(server, entry: dict, node_id: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(server.view(img))).convert("L")) > 127 for img in images]
 
 
-def screenshot_node(browser: Browser, node_id: str) -> Image.Image:
-    box = browser.js("""
-        const app = window.comfyAPI.app.app;
-        const node = app.graph.getNodeById(Number(args[0]));
-        const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
-        const x = r.left + (node.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (node.pos[1] + ds.offset[1]) * ds.scale;
-        return [x - 8, y - LiteGraph.NODE_TITLE_HEIGHT - 8, x + node.size[0] * ds.scale + 8,
-                y + node.size[1] * ds.scale + 8];
-    """, node_id)
-    shot = Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
-    return shot.crop(tuple(int(v) for v in box))
-
-
 @pytest.fixture(scope="module")
 def browser(comfy_server):
     assert chromium_available(), "install Debian's chromium and chromium-driver (apt-get install chromium " \
@@ -158,10 +145,7 @@ def drawn(browser, comfy_server, artifacts):
     type_prompt(browser, 2, PROMPTS[2])
     browser.driver.find_element("css selector", "textarea[placeholder='base_prompt']").send_keys(BASE_PROMPT)
     prompt = browser.js("return (await window.comfyAPI.app.app.graphToPrompt()).output;")
-    shot = screenshot_node(browser, ids["layout"])
-    shot.save(artifacts / "region_editor.png")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shot.save(SCREENSHOT)
+    screenshot_node(browser, ids["layout"]).save(artifacts / "region_editor.png")  # README: dev.py pictures
     known = set(comfy_server.get_json("/history"))
     browser.driver.find_element("css selector", "[data-testid='queue-button'] button, "
                                                 "button[data-testid='queue-button']").click()
@@ -172,6 +156,7 @@ def drawn(browser, comfy_server, artifacts):
                      " return Math.abs(r - 0x20) + Math.abs(g - 0x60) + Math.abs(b - 0xc0) < 12; })()",
                      30, "the backdrop image in the editor")
     browser.driver.save_screenshot(str(artifacts / "region_editor_after_run.png"))
+    assert browser.toasts() == []  # no warning, alert or error while drawing and queueing
     return {"ids": ids, "box": box, "prompt": prompt, "entry": entry,
             "masks": mask_images(comfy_server, entry, ids["save"])}
 
@@ -236,6 +221,7 @@ def test_layout_survives_a_page_reload(drawn, browser):
     browser.open_frontend()
     browser.wait_for("document.querySelectorAll('.rl-row').length === 3", 60, "the editor after reload")
     assert browser.js(STATE_OF) == state
+    assert browser.toasts() == []  # restoring the saved workflow raised no warning
     prompts = browser.driver.execute_script(
         "return [...document.querySelectorAll('.rl-row .rl-prompt')].map((t) => t.value)")
     assert prompts == PROMPTS
@@ -370,20 +356,35 @@ def test_editor_follows_the_light_theme(drawn, browser, artifacts):
     browser.wait_for(f"{field}.color === 'rgb(221, 221, 221)'", 20, "dark theme again")
 
 
-def test_shipped_workflows_load_without_missing_nodes_or_errors(browser):
+def accepted_then_stopped(server, prompt: dict) -> None:
+    """Queue `prompt` (raises PromptRejected when validation refuses it), then interrupt it: only acceptance
+    is under test here, the workflows' full-size runs are too slow for CI (their API twins run shrunk)."""
+    prompt_id = server.queue(prompt)
+    deadline = time.monotonic() + 300
+    while not any(e["type"] in FINAL_EVENTS for e in server.events_for(prompt_id)):
+        assert time.monotonic() < deadline, f"prompt {prompt_id} neither finished nor stopped"
+        server.interrupt()  # an interrupt before the prompt starts is dropped, so repeat it
+        time.sleep(0.5)
+    result = server.wait(prompt_id, 10)
+    assert result.status in ("success", "interrupted"), result.error
+
+
+def test_shipped_workflows_load_without_missing_nodes_errors_or_toasts(browser, comfy_server):
     workflows = sorted((REPO / "workflows").glob("*.json"))
     assert workflows, "no shipped workflows"
     for path in workflows:
-        before = len(browser.read_console())
-        missing = browser.js("""
+        before, toasts_before = len(browser.read_console()), len(browser.toasts())
+        loaded = browser.js("""
             const app = window.comfyAPI.app.app;
             await app.loadGraphData(args[0], true, true, args[1]);
-            await new Promise((r) => setTimeout(r, 300));
+            await new Promise((r) => setTimeout(r, 500));
             const missing = app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
-            await app.graphToPrompt();
-            return missing;
+            return {missing, prompt: (await app.graphToPrompt()).output};
         """, json.loads(path.read_text()), path.stem)
-        assert missing == [], f"{path.name}: missing nodes {missing}"
+        assert loaded["missing"] == [], f"{path.name}: missing nodes {loaded['missing']}"
         errors = [e["message"] for e in browser.read_console()[before:]
                   if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]]
         assert errors == [], f"{path.name}: console errors {errors}"
+        # Any toast (warning, alert, error) means the frontend found fault with the file, e.g. its zod schema.
+        assert browser.toasts()[toasts_before:] == [], f"{path.name}: toasts {browser.toasts()[toasts_before:]}"
+        accepted_then_stopped(comfy_server, loaded["prompt"])

@@ -15,6 +15,7 @@ from support.regional_reference import hide_block_info, layouts, naive_reference
 torch.set_num_threads(1)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("regions", [1, 2, 3, 4])
 @pytest.mark.parametrize("overlap", [False, True], ids=["disjoint", "overlap"])
 @pytest.mark.parametrize("background", [False, True], ids=["no-bg", "bg"])
@@ -56,7 +57,7 @@ CTX = 64  # small_flux context width
 
 
 @pytest.fixture(scope="module")
-def flux():
+def flux(comfyui):
     from rl_devkit.tiny_models import small_flux
 
     return small_flux(depth=2, depth_single_blocks=2, seed=3)
@@ -185,6 +186,7 @@ def test_region_isolation(flux, dense):
     assert not torch.equal(outputs[0][..., ~inside], outputs[1][..., ~inside])
 
 
+@pytest.mark.pure
 def test_thirty_two_regions_match_the_reference():
     """At least 32 regions: a 4 x 8 grid of masks on a 128 x 256 px picture (8 x 16 tokens)."""
     height, width = 128, 256
@@ -200,6 +202,7 @@ def test_thirty_two_regions_match_the_reference():
     torch.testing.assert_close(ours, naive_reference(q, k, v, 5, text_lens, tm.hard, 0.2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.pure
 def test_soft_masks_use_the_weighted_rules():
     """Feathered masks: the dense path applies the soft rules (log-weights), checked against a loop version."""
     height, width = 88, 120
@@ -234,6 +237,7 @@ def test_soft_masks_use_the_weighted_rules():
     torch.testing.assert_close(ours[:, :, idx], regional, atol=1e-5, rtol=0)
 
 
+@pytest.mark.pure
 def test_block_lists_and_control_steps():
     from regional_layout.attention_patches.flux_patch import parse_blocks, step_is_controlled
 

@@ -13,6 +13,7 @@ import pytest
 from rl_devkit.demo import shrink_for_tiny_models
 from rl_devkit.server import PromptRejected
 from support import graphs
+from support.workflows import check_ui_matches_api
 
 pytestmark = pytest.mark.server
 
@@ -128,26 +129,6 @@ def test_shipped_workflow_api_twin(comfy_server):
 def test_ui_workflow_matches_its_api_twin(comfy_server):
     """workflows/regional_flux.json (UI format) holds the same nodes, links and widget values as the API twin,
     in the widget order /object_info gives, and has a thumbnail."""
-    info = comfy_server.object_info()
     ui = json.loads(WORKFLOW_API.parents[1].joinpath("regional_flux.json").read_text())
-    api = json.loads(WORKFLOW_API.read_text())
     assert WORKFLOW_API.parents[1].joinpath("regional_flux.jpg").stat().st_size > 1000
-    assert {str(n["id"]) for n in ui["nodes"]} == set(api)
-    links = {link[0]: link for link in ui["links"]}
-    for node in ui["nodes"]:
-        twin = api[str(node["id"])]
-        assert node["type"] == twin["class_type"]
-        spec = info[node["type"]]["input"]
-        order = info[node["type"]]["input_order"]
-        specs = {**spec.get("required", {}), **spec.get("optional", {})}
-        values = list(node["widgets_values"])
-        linked = {i["name"]: links[i["link"]] for i in node["inputs"] if i.get("link") is not None}
-        for name in order.get("required", []) + order.get("optional", []):
-            if name in linked:
-                _, src, slot, dst, _, _ = linked[name]
-                assert twin["inputs"][name] == [str(src), slot] and dst == node["id"]
-            elif name in twin["inputs"]:
-                assert values.pop(0) == twin["inputs"][name], (node["type"], name)
-                if len(specs[name]) > 1 and specs[name][1].get("control_after_generate"):
-                    values.pop(0)
-        assert not values, (node["type"], values)
+    check_ui_matches_api(comfy_server.object_info(), ui, json.loads(WORKFLOW_API.read_text()))

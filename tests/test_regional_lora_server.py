@@ -82,7 +82,7 @@ def lora_server(tiny_models, tmp_path_factory):
 def latent(server, prompt) -> torch.Tensor:
     result = server.run(prompt)
     assert result.status == "success", result.error
-    return saved_latent(server, result, "latent").float()
+    return saved_latent(server, result, "save_latent").float()
 
 
 def regions(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,13 +144,13 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
 
 def test_ui_workflow_matches_its_api_twin(lora_server):
-    from support.workflows import assert_ui_matches_api
+    from support.workflows import check_ui_matches_api
 
     ui = json.loads((WORKFLOWS / "regional_lora.json").read_text())
     api = json.loads((WORKFLOWS / "api" / "regional_lora.json").read_text())
     assert (WORKFLOWS / "regional_lora.jpg").stat().st_size > 1000
     assert [n["class_type"] for n in api.values()].count("RL_RegionalLora") == 2
-    assert_ui_matches_api(lora_server.object_info(), ui, api)
+    check_ui_matches_api(lora_server.object_info(), ui, api)
 
 
 @pytest.mark.slow

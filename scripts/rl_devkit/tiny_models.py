@@ -1,9 +1,9 @@
 """Tiny, seeded, random-weight models of the real architectures, laid out like ComfyUI's `models/` folder.
 
 Every file has its real-world name and the key layout of the real file, and ComfyUI's own loader nodes
-detect the right model family from it, so a workflow written for real weights runs unchanged on these
-(notes/host_and_tiny_models.md says which sizes the loaders accept: FLUX must be 3072 wide, the text
-encoders and VAEs full size; only block counts can shrink).
+detect the right model family from it, so a workflow written for real weights runs unchanged on these.
+ComfyUI's loaders accept only real widths (FLUX must be 3072 wide, the text encoders and VAEs full size): only
+block counts can shrink.
 
 Shapes and key names come from ComfyUI's own classes, built on the meta device and converted with its own
 `state_dict_for_saving` helpers; each builder then checks that ComfyUI's detection recognises the result.
@@ -116,6 +116,7 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
         TinyModel("diffusion_models/flux1-dev.safetensors", "bfloat16", _flux, {"guidance_embed": True, **flux_depths}),
         TinyModel("diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux,
                   {"guidance_embed": False, **flux_depths}),
+        TinyModel("diffusion_models/Chroma1-HD.safetensors", "bfloat16", _chroma, flux_depths),
         TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
         TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
         TinyModel("checkpoints/sd_xl_base_1.0.safetensors", "float16", _checkpoint, {"family": "SDXL", "unet": SDXL_UNET}),
@@ -198,6 +199,27 @@ def small_chroma(hidden_size: int = 128, num_heads: int = 2, depth: int = 2, dep
     return model.eval().requires_grad_(False)
 
 
+def small_qwen_image(hidden_size: int = 64, num_heads: int = 2, depth: int = 2, seed: int = 0, *,
+                     joint_attention_dim: int = 64, axes_dims_rope: tuple[int, int, int] = (8, 12, 12),
+                     dtype: torch.dtype | None = None):
+    """A small Qwen-Image (double-stream blocks only; text positions arange(txt_start, ...) in its RoPE) from
+    ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels with a time axis of 1
+    ([B, 16, 1, H, W]) in 2x2 patches; `axes_dims_rope` must sum to hidden_size / num_heads (Qwen-Image: 3072,
+    24 heads, joint_attention_dim 3584, axes (16, 56, 56)); `dtype` defaults to float32."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=depth, attention_head_dim=hidden_size // num_heads,
+        num_attention_heads=num_heads, joint_attention_dim=joint_attention_dim, axes_dims_rope=tuple(axes_dims_rope),
+        image_model="qwen_image", dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            param.copy_(init_value(key, tuple(param.shape), seed))
+    return model.eval().requires_grad_(False)
+
+
 def flux_axes_dim(head_dim: int) -> list[int]:
     """FLUX.1's RoPE split of a head ([16, 56, 56] for 128) scaled to `head_dim`; every part must be even."""
     first = head_dim // 8
@@ -260,6 +282,19 @@ def _flux(guidance_embed: bool, depth: int, depth_single_blocks: int) -> dict:
     config_class = sm.Flux if guidance_embed else sm.FluxSchnell
     tensors = dict(config_class(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", config_class, config)
+    return tensors
+
+
+def _chroma(depth: int, depth_single_blocks: int) -> dict:
+    """A Chroma diffusion model file (UNETLoader): FLUX's blocks without guidance or vector inputs, modulations from
+    the distilled guidance layer, whose sizes ComfyUI's detection fixes (in 64, hidden 5120, 5 layers, out 3072)."""
+    import comfy.supported_models as sm
+
+    config = {key: value for key, value in FLUX_DIT.items() if key != "vec_in_dim"}
+    config.update(image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=3072, hidden_dim=5120,
+                  n_layers=5, depth=depth, depth_single_blocks=depth_single_blocks)
+    tensors = dict(sm.Chroma(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", sm.Chroma, config)
     return tensors
 
 

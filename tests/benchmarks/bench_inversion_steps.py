@@ -46,7 +46,8 @@ def main() -> int:
     comfy_args.cpu = not torch.cuda.is_available()
     comfy_args.use_pytorch_cross_attention = True
     import comfy.sd
-    from regional_layout.guidance import sampling as S
+    from regional_layout.guidance import comfy_inversion as I
+    from regional_layout.guidance import comfy_sampling as S
     from regional_layout.guidance.trajectory import guided_steps
     from rl_devkit import full_size
     from support import graphs
@@ -61,7 +62,7 @@ def main() -> int:
 
         def invert(steps: int):
             started = time.perf_counter()
-            trajectory, _ = S.invert(sdxl, empty, latent, 30, "normal", 0.1, steps, "inversion", 0)
+            trajectory, _ = I.invert(sdxl, empty, latent, 30, "normal", 0.1, steps, "inversion", 0)
             at = [trajectory.at(float(s)) for s in guided]  # exact: the grid holds every guided sigma
             return at, trajectory.latents[0], len(trajectory.sigmas) - 1, time.perf_counter() - started
 

@@ -128,9 +128,10 @@ def run() -> int:
     comfy_args.use_pytorch_cross_attention = True
     import comfy.sd
     import comfy.utils
-    from regional_layout.guidance import sampling as S
+    from regional_layout.guidance import comfy_inversion as I
+    from regional_layout.guidance import comfy_sampling as S
     from regional_layout.guidance.backward import GuidanceSettings
-    from regional_layout.guidance.gligen_prior import sample_prior
+    from regional_layout.guidance.comfy_gligen import sample_prior
     from regional_layout.layout.boxes import parse_boxes
     from support import graphs
 
@@ -169,7 +170,7 @@ def run() -> int:
             "normal", args.prior_size, args.prior_size), cuda)
         encoded, times["upscale+encode"] = timed(lambda: {"samples": sdxl_vae.encode(comfy.utils.common_upscale(
             image.movedim(-1, 1), size, size, "bicubic", "disabled").movedim(1, -1)[..., :3])}, cuda)
-        (trajectory, _), times["inversion"] = timed(lambda: S.invert(
+        (trajectory, _), times["inversion"] = timed(lambda: I.invert(
             sdxl, empty, encoded, args.steps, "normal", args.fraction, inversion_steps, "inversion", 0), cuda)
         _, times["guided"] = timed(lambda: guided(trajectory, args.fraction, steps), cuda)
         return trajectory, times

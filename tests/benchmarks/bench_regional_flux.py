@@ -123,19 +123,21 @@ def region_masks(regions: int, size: int):
     return torch.stack(masks)
 
 
-def make_wrapper(regions: int, size: int, dense: bool, beta: float, blocks: tuple[int, int], every: int = 1):
+def make_wrapper(regions: int, size: int, dense: bool, beta: float, blocks: tuple[int, int], every: int = 1,
+                 family=None, width: int = 4096):
     import torch
 
+    from regional_layout.attention_patches.families import FLUX1
     from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
     from regional_layout.attention_patches.regional_cond import RegionalConditioning
     from regional_layout.layout.regions import Region, RegionLayout
 
     gen = torch.Generator().manual_seed(regions)
     layout = RegionLayout(size, size, tuple(Region(f"r{i}", m) for i, m in enumerate(region_masks(regions, size))))
-    embeds = tuple(torch.randn(1, REGION_TOKENS, 4096, generator=gen) for _ in range(regions))
+    embeds = tuple(torch.randn(1, REGION_TOKENS, width, generator=gen) for _ in range(regions))
     options = RegionalFluxOptions(beta=beta, control_steps=1000, double_blocks=frozenset(range(0, blocks[0], every)),
                                   single_blocks=frozenset(range(0, blocks[1], every)), force_dense=dense)
-    return RegionalFluxWrapper(RegionalConditioning(layout, embeds), options)
+    return RegionalFluxWrapper(RegionalConditioning(layout, embeds), options, family or FLUX1)
 
 
 def step(flux, inputs, wrapper):

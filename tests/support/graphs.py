@@ -14,6 +14,7 @@ SD15 = "v1-5-pruned-emaonly.safetensors"
 GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
 FLUX_LORA = "flux_tiny_lora.safetensors"
 FLUX_CONTROLNET = "flux_tiny_controlnet_xlabs.safetensors"
+CHROMA_UNET = "Chroma1-HD.safetensors"
 
 
 def graph() -> GraphBuilder:
@@ -22,7 +23,7 @@ def graph() -> GraphBuilder:
 
 def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET):
     """(model, clip, vae) outputs. The fast text encoder is CLIP-L through the SD3 loader, whose cond and
-    pooled widths match FLUX (notes/host_and_tiny_models.md); `real_t5` uses DualCLIPLoader(type=flux)."""
+    pooled widths match FLUX; `real_t5` uses DualCLIPLoader(type=flux)."""
     model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
     if real_t5:
         clip = g.node("DualCLIPLoader", clip_name1=CLIP_L, clip_name2=T5XXL, type="flux", device="default")
@@ -109,10 +110,10 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     (CLIPTextEncode of base_prompt, unpatched model). `batch_index` picks one item of the latent batch (its noise
     is the one it gets inside the batch). `lora` (a strength) adds LoraLoaderModelOnly with the tiny FLUX LoRA
     right after the UNETLoader, or after the patcher with `lora_after_patch`; `controlnet` (a strength) applies the
-    tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced).
-    `loras_before`: (file, strength) pairs, LoraLoaderModelOnly in a chain before the patcher; `regional_loras`:
-    (file, strength, region) triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...);
-    `save_latent` adds SaveLatent (id "latent") of the sampled latent."""
+    tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced);
+    `save_latent` also saves the sampled latent (SaveLatent "save_latent"). `loras_before`: (file, strength)
+    pairs, LoraLoaderModelOnly in a chain before the patcher; `regional_loras`: (file, strength, region)
+    triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...)."""
     g = graph()
     model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
 
@@ -162,7 +163,7 @@ def regional_flux(*, width=192, height=128, steps=2, seed=0, batch=1, batch_inde
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
     g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="regional_flux")
     if save_latent:
-        g.node("SaveLatent", id="latent", samples=sampled.out(0), filename_prefix="regional_flux/latent")
+        g.node("SaveLatent", id="save_latent", samples=sampled.out(0), filename_prefix="regional_latent")
     if overlay and patch:
         tinted = g.node("RL_RegionOverlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
         g.node("SaveImage", id="overlay", images=tinted.out(0), filename_prefix="regional_flux_overlay")

@@ -1,11 +1,11 @@
-"""Checks of the shipped example workflows (UI format against its API twin)."""
+"""Checks on the shipped workflows (workflows/*.json and their API twins in workflows/api/)."""
 
 from __future__ import annotations
 
 
-def assert_ui_matches_api(info: dict, ui: dict, api: dict) -> None:
-    """The UI workflow holds the same nodes, links and widget values as the API twin, in the widget order
-    /object_info (`info`) gives."""
+def check_ui_matches_api(info: dict, ui: dict, api: dict) -> None:
+    """A UI-format workflow holds the same nodes, links and widget values as its API twin, in the widget order
+    ComfyUI's /object_info (`info`) gives."""
     assert {str(n["id"]) for n in ui["nodes"]} == set(api)
     links = {link[0]: link for link in ui["links"]}
     for node in ui["nodes"]:

@@ -1,4 +1,4 @@
-// The region editor's state (schema version 1, see layout/editor_state.py), its undo history and drawing.
+// The region editor's state (schema version 1, see layout/layout_json.py), its undo history and drawing.
 // This module only exports: every .js under web/ is auto-loaded as an extension, so no side effects here.
 
 export const SCHEMA_VERSION = 1;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import time
@@ -21,6 +22,23 @@ CHROME_FLAGS = (
 )
 # Settings that keep first-run dialogs (template browser, tours) out of the way.
 QUIET_SETTINGS = {"Comfy.TutorialCompleted": True}
+# Records the text of every toast (PrimeVue's `.p-toast-message`: the frontend's warnings, alerts and errors,
+# e.g. "Invalid workflow against zod schema") into window.rlToasts, even ones that vanish again.
+TOAST_RECORDER = """
+if (!window.rlToasts) {
+  window.rlToasts = [];
+  const seen = new WeakSet();
+  const record = (el) => {
+    if (seen.has(el)) return;
+    seen.add(el);
+    const kind = [...el.classList].find((c) => /^p-toast-message-(?!content|icon|text)/.test(c)) || "";
+    window.rlToasts.push(`${kind.replace("p-toast-message-", "")}: ${el.textContent.trim().slice(0, 500)}`);
+  };
+  const scan = () => document.querySelectorAll(".p-toast-message").forEach(record);
+  new MutationObserver(scan).observe(document.body, {childList: true, subtree: true});
+  scan();
+}
+"""
 
 
 def chromium_available() -> bool:
@@ -78,6 +96,11 @@ class Browser:
         self.wait_for("window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler "
                       "&& document.querySelector('.graph-canvas-container, canvas#graph-canvas')",
                       timeout, "the ComfyUI frontend to load")
+        self.driver.execute_script(TOAST_RECORDER)
+
+    def toasts(self) -> list[str]:
+        """Every toast shown since the page loaded ("severity: text")."""
+        return self.driver.execute_script("return window.rlToasts || [];")
 
     def read_console(self) -> list[dict]:
         self.console += self.driver.get_log("browser")
@@ -90,3 +113,19 @@ class Browser:
 def quiet_settings(server) -> None:
     for key, value in QUIET_SETTINGS.items():
         server.request(f"/settings/{key}", value)
+
+
+def screenshot_node(browser: Browser, node_id: str):
+    """A PIL image of one node of the graph as the page shows it (8 pixels of margin)."""
+    from PIL import Image
+
+    box = browser.js("""
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.getNodeById(Number(args[0]));
+        const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+        const x = r.left + (node.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (node.pos[1] + ds.offset[1]) * ds.scale;
+        return [x - 8, y - LiteGraph.NODE_TITLE_HEIGHT - 8, x + node.size[0] * ds.scale + 8,
+                y + node.size[1] * ds.scale + 8];
+    """, node_id)
+    shot = Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
+    return shot.crop(tuple(int(v) for v in box))

@@ -1,4 +1,4 @@
-"""The region editor's JSON state (and the hand-written / LLM layout JSON): parse, validate, rasterise.
+"""The layout JSON (the region editor's state, or written by hand or by an LLM planner): schema and validation.
 
 Schema, version 1 (coordinates normalised to 0..1 of the picture unless noted):
 
@@ -15,8 +15,7 @@ Schema, version 1 (coordinates normalised to 0..1 of the picture unless noted):
 A region's mask is: the embedded mask, then the box, then each shape in order; an `erase` stroke clears pixels
 of its own region only. A stroke's `size` is the brush diameter as a fraction of the picture width. `hidden`
 only hides the region in the editor; it still applies. Feather is in pixels and is carried on the Region
-(consumers soften at their own grid, sigma = feather / 2); `feathered_masks` applies it for previews.
-Plain torch + pillow: nothing here imports ComfyUI.
+(see feather.py). Rasterising the parsed layout: rasterize.py. Plain torch + pillow: nothing here imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -31,10 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .regions import MAX_REGIONS, Region, RegionLayout, check_layout_size
+from .regions import MAX_REGIONS
 
 VERSION = 1
 MAX_JSON_CHARS = 16_000_000
@@ -235,125 +233,3 @@ def parse_layout_json(text: str, input_name: str = "editor_state",
     box_size = [given or fallback for given, fallback in zip(size, default_size or (None, None))]
     return LayoutSpec(tuple(_parse_region(check, r, f"regions[{i}]", *box_size) for i, r in enumerate(regions)),
                       size[0], size[1], prompts["base_prompt"], prompts["background_prompt"])
-
-
-def _px(value: float, scale: int) -> int:
-    return int(math.floor(value * scale + 0.5))
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, width: int, height: int) -> None:
-    if shape.type in ("rect", "ellipse"):
-        x, y, w, h = shape.coords
-        x0, y0, x1, y1 = _px(x, width), _px(y, height), _px(x + w, width), _px(y + h, height)
-        if x1 <= x0 or y1 <= y0:  # thinner than a pixel at this size
-            return
-        (draw.rectangle if shape.type == "rect" else draw.ellipse)([x0, y0, x1 - 1, y1 - 1], fill=255)
-        return
-    points = [(x * width - 0.5, y * height - 0.5) for x, y in shape.points]  # PIL addresses pixel centres
-    if shape.type == "polygon":
-        draw.polygon(points, fill=255)
-        return
-    fill = 0 if shape.erase else 255
-    diameter = shape.size * width
-    radius = diameter / 2
-    if len(points) > 1 and diameter >= 1:
-        draw.line(points, fill=fill, width=max(1, round(diameter)), joint="curve")
-    for px, py in (points if len(points) == 1 else (points[0], points[-1])):
-        draw.ellipse([px - radius + 0.5, py - radius + 0.5, px + radius - 0.5, py + radius - 0.5], fill=fill)
-
-
-def rasterize_region(spec: RegionSpec, width: int, height: int) -> torch.Tensor:
-    """[height, width] float32 in 0..1: the embedded mask, then each shape in order."""
-    if spec.mask is not None:
-        base = F.interpolate(spec.mask[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        canvas = Image.fromarray((base.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
-    else:
-        canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for shape in spec.shapes:
-        _draw_shape(draw, shape, width, height)
-    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
-
-
-def build_layout(spec: LayoutSpec, width: int, height: int, base_prompt: str = "",
-                 background_prompt: str = "") -> RegionLayout:
-    """Rasterise every region at width x height; prompts in the JSON win over the given ones."""
-    check_layout_size(width, height, len(spec.regions))
-    regions = tuple(Region(prompt=r.prompt, mask=rasterize_region(r, width, height), name=r.name, color=r.color,
-                           feather=r.feather) for r in spec.regions)
-    return RegionLayout(width, height, regions,
-                        base_prompt if spec.base_prompt is None else spec.base_prompt,
-                        background_prompt if spec.background_prompt is None else spec.background_prompt)
-
-
-def gaussian_feather(mask: torch.Tensor, feather: float) -> torch.Tensor:
-    """Blur a [H, W] mask with sigma = feather / 2 pixels (the same convention the regional nodes use)."""
-    if feather <= 0:
-        return mask
-    sigma = feather / 2
-    radius = max(1, min(int(math.ceil(3 * sigma)), max(mask.shape) - 1))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = mask[None, None].float()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return x[0, 0].clamp(0, 1)
-
-
-def feathered_masks(layout: RegionLayout) -> torch.Tensor:
-    """[R, H, W]: each region's mask with its own feather applied (for MASK outputs and previews)."""
-    if not layout.regions:
-        return layout.masks()
-    return torch.stack([gaussian_feather(r.mask, r.feather) for r in layout.regions])
-
-
-def layout_preview(layout: RegionLayout, opacity: float = 0.6) -> torch.Tensor:
-    """[1, H, W, 3] colour-coded picture of the (feathered) regions over mid grey; uncovered stays grey."""
-    from dataclasses import replace
-
-    from .overlay import overlay_regions
-
-    soft = feathered_masks(layout)
-    shown = layout.with_regions(tuple(replace(r, mask=m) for r, m in zip(layout.regions, soft)))
-    grey = torch.full((1, layout.height, layout.width, 3), 0.35)
-    return overlay_regions(grey, shown, opacity)
-
-
-def layout_from_color_map(image: torch.Tensor, prompts: list[str], *, width: int, height: int, tolerance: int = 16,
-                          base_prompt: str = "", background_prompt: str = "",
-                          input_name: str = "color_map") -> RegionLayout:
-    """One region per distinct colour of a segmentation map ([H, W, 3] or [1, H, W, 3] in 0..1).
-
-    Colours within `tolerance` (0..255, per channel) of a region's first colour join that region; regions are
-    ordered by where their colour first appears (left to right, top to bottom); black is the background.
-    """
-    if image.ndim == 4:
-        image = image[0]
-    if image.ndim != 3 or image.shape[-1] < 3:
-        raise ValueError(f"{input_name}: expected an RGB image, got shape {tuple(image.shape)}")
-    pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.int16).reshape(-1, 3)
-    colors, inverse = torch.unique(pixels, dim=0, return_inverse=True)
-    first_seen = torch.full((colors.shape[0],), pixels.shape[0], dtype=torch.long)
-    first_seen.scatter_reduce_(0, inverse, torch.arange(pixels.shape[0]), reduce="amin")
-    cluster = torch.full((colors.shape[0],), -1, dtype=torch.long)
-    centres: list[torch.Tensor] = []
-    for index in torch.argsort(first_seen).tolist():
-        if cluster[index] >= 0:
-            continue
-        near = ((colors - colors[index]).abs().amax(1) <= tolerance) & (cluster < 0)
-        cluster[near] = len(centres)
-        centres.append(colors[index])
-        if len(centres) > MAX_REGIONS + 1:
-            raise ValueError(f"{input_name}: more than {MAX_REGIONS} colours; raise the tolerance or use a PNG map")
-    regions_of = [i for i, c in enumerate(centres) if int(c.max()) > tolerance]  # black (within tolerance) = none
-    if len(regions_of) != len(prompts):
-        raise ValueError(f"{input_name}: the map has {len(regions_of)} colours (besides black) but there are "
-                         f"{len(prompts)} prompts; give one prompt per line per colour, in reading order")
-    labels = cluster[inverse].reshape(image.shape[:2])
-    masks = torch.stack([(labels == i).float() for i in regions_of]) if regions_of else torch.zeros(0, *labels.shape)
-    if masks.shape[-2:] != (height, width) and masks.shape[0]:
-        masks = F.interpolate(masks[:, None], size=(height, width), mode="nearest-exact")[:, 0]
-    regions = tuple(Region(prompt=p, mask=m.contiguous(), color="#%02x%02x%02x" % tuple(centres[i].tolist()))
-                    for p, m, i in zip(prompts, masks, regions_of))
-    return RegionLayout(width, height, regions, base_prompt, background_prompt)

@@ -1,10 +1,10 @@
-"""The GLIGEN layout prior: SD1.x + ComfyUI's own GLIGEN position conditioning (as GLIGENTextBoxApply builds
-it), sampled like KSampler. Only checks and conditioning live here; GLIGEN itself is comfy.gligen."""
+"""Host adapter: the GLIGEN layout prior, SD1.x + ComfyUI's own GLIGEN position conditioning (as GLIGENTextBoxApply
+builds it), sampled like KSampler. Only checks and conditioning live here; GLIGEN itself is comfy.gligen."""
 
 from __future__ import annotations
 
 from ..layout.boxes import Box, gligen_position
-from .sampling import sample
+from .comfy_sampling import sample
 
 
 def check_sd1_model(model) -> None:

@@ -1,0 +1,59 @@
+"""Text RoPE positions for families whose text tokens sit at sequential positions (Qwen-Image: token j of the
+prompt at txt_start + j; see families.py `text_positions`).
+
+Putting the region texts before the base text would move every text to later positions than it has alone. The
+paper's rule wants each region text to meet the image exactly as that prompt alone would, and the base text to keep
+its own positions (so that the plain parts of the step stay the plain model's). The model computes its RoPE table
+`pe` for [text (region texts + base text) | image | extra], text rows at txt_start, txt_start + 1, ...; row j of
+that table is position txt_start + j, so gathering rows [0..T1) for region 1, [0..T2) for region 2, ..., [0..T0)
+for the base text gives every text its own positions, bit for bit the rows the model computes for that prompt
+alone. The gather runs in ComfyUI's block-replace patch point (patches_replace["dit"][(kind + "_block", i)], whose
+args carry "pe"), chaining any replacement already there. Region texts never attend to each other or to the base
+text in masked blocks, so their shared positions cannot mix them up. Plain torch: nothing here imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+PE_TOKEN_DIM = 2  # EmbedND's table is [B, 1, L, D / 2, 2, 2]
+
+
+def own_text_position_rows(text_lens: tuple[int, ...], base_len: int, length: int) -> Tensor:
+    """For the joint sequence [region texts (text_lens) | base text (base_len) | image | extra] of `length` tokens:
+    the row of the model's sequential RoPE table each token takes so that every text starts at the first text
+    position; image and extra tokens keep their rows."""
+    n_text = sum(text_lens) + base_len
+    parts = [torch.arange(n) for n in (*text_lens, base_len)] + [torch.arange(n_text, length)]
+    return torch.cat(parts)
+
+
+def with_own_text_positions(patches_replace: dict | None, rows: Tensor, block_kinds: tuple[str, ...],
+                            block_counts: tuple[int, ...]) -> dict:
+    """A copy of transformer_options["patches_replace"] whose "dit" block entries hand every block the RoPE table
+    gathered by `rows` (and then call the replacement that was there, or the block itself)."""
+    patches = dict(patches_replace or {})
+    dit = dict(patches.get("dit", {}))
+    last: list = [None, None]  # (table, gathered): one gather per model call, not per block
+
+    def gathered(pe: Tensor) -> Tensor:
+        if last[0] is not pe:
+            if pe.shape[PE_TOKEN_DIM] != len(rows):
+                raise ValueError(f"Regional FLUX: the RoPE table has {pe.shape[PE_TOKEN_DIM]} tokens, expected "
+                                 f"{len(rows)}; another patch changes the model's tokens")
+            last[:] = [pe, pe.index_select(PE_TOKEN_DIM, rows.to(pe.device))]
+        return last[1]
+
+    def patch_for(previous):
+        def patch(args, extra):
+            args = {**args, "pe": gathered(args["pe"])}
+            return previous(args, extra) if previous is not None else extra["original_block"](args)
+        return patch
+
+    for kind, count in zip(block_kinds, block_counts):
+        for i in range(count):
+            key = (f"{kind}_block", i)
+            dit[key] = patch_for(dit.get(key))
+    patches["dit"] = dit
+    return patches

@@ -1,0 +1,181 @@
+"""Benchmark: per-step time and peak memory of each supported model family, plain against Regional (R = 4, 16).
+
+Each family's own ComfyUI class at full width with random bf16 weights (1 double + 1 single block by default; on a
+GPU pass the real depths), called the way ComfyUI calls it; regions of 30 real tokens tiling the picture, β = 0.2,
+every block controlled, the grouped path. The configurations are interleaved within each round, each step timed
+between two plain steps of the same family (ratios to their mean), as in bench_regional_flux.py.
+
+    python3 scripts/dev.py bench regional_families
+    python3 scripts/dev.py bench regional_families --device cuda --full-depth
+
+Qwen-Image (double-stream blocks only) gets double + single double-stream blocks and its unpadded 64-token base
+prompt (FLUX.1 and Chroma: T5 padded to 256).
+
+Ends with: regional_families: flux1_r4=… chroma_r4=… qwen_image_r4=… (time ratios to plain at the first size),
+then regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… qwen_image_r16_gb=… (extra peak memory at R = 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_regional_flux import (BASE_TOKENS, PeakCuda, PeakRss, _paths,  # noqa: E402
+                                 full_width_flux, make_wrapper, timed_step)
+
+
+@dataclass
+class FamilyBench:
+    key: str
+    build: Callable        # (double, single, device) -> model
+    inputs: Callable       # (latent, prompt, device) -> positional inputs of the model's forward
+    full_depth: tuple[int, int]  # (double, single) blocks of the released model
+    text_width: int = 4096
+    base_tokens: int = BASE_TOKENS  # the base prompt as the family's tokenizer hands it over (padded or not)
+
+
+def _random_fill(model, device: str):
+    import torch
+
+    gen = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.ndim > 1:
+                param.normal_(0.0, param.shape[-1] ** -0.5, generator=gen)
+            else:
+                param.fill_(1.0)
+    return model.eval().requires_grad_(False)
+
+
+def build_chroma(double: int, single: int, device: str):
+    import torch
+    import comfy.ops
+    from comfy.ldm.chroma.model import Chroma
+
+    model = Chroma(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
+                   mlp_ratio=4.0, num_heads=24, depth=double, depth_single_blocks=single, axes_dim=[16, 56, 56],
+                   theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5,
+                   dtype=torch.bfloat16, device=device, operations=comfy.ops.manual_cast)
+    return _random_fill(model, device)
+
+
+def build_qwen_image(double: int, single: int, device: str):
+    """Qwen-Image has only double-stream blocks: a (double, single) pair becomes double + single of them."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=double + single,
+                                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
+                                        axes_dims_rope=(16, 56, 56), image_model="qwen_image", dtype=torch.bfloat16,
+                                        device=device, operations=comfy.ops.manual_cast)
+    return _random_fill(model, device)
+
+
+def qwen_image_inputs(latent, prompt, device):
+    import torch
+
+    return (latent.unsqueeze(2), torch.tensor([1.0], device=device), prompt)  # [B, C, 1, H, W]
+
+
+def flux_inputs(latent, prompt, device):
+    import torch
+
+    return (latent, torch.tensor([1.0], device=device), prompt,
+            torch.randn(1, 768, device=device).bfloat16(), torch.tensor([3.5], device=device))
+
+
+def chroma_inputs(latent, prompt, device):
+    import torch
+
+    return (latent, torch.tensor([1.0], device=device), prompt, torch.zeros(1, device=device))
+
+
+def families() -> dict:
+    from regional_layout.attention_patches.families import CHROMA, FLUX1, QWEN_IMAGE
+
+    return {FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
+            CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38)),
+            # Qwen2.5-VL hidden states, 3584 wide; its tokenizer does not pad (a ~40-word prompt)
+            QWEN_IMAGE: FamilyBench("qwen_image", build_qwen_image, qwen_image_inputs, (60, 0), text_width=3584,
+                                    base_tokens=64)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1024")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--double", type=int, default=1)
+    parser.add_argument("--single", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full-depth", action="store_true", help="every family at its released depth (a GPU)")
+    parser.add_argument("--families", default="", help="comma-separated family keys (default: all)")
+    args = parser.parse_args(argv)
+    _paths(cpu=args.device == "cpu")
+    import gc
+
+    import torch
+
+    device = torch.device(args.device)
+    peak = PeakRss() if device.type == "cpu" else PeakCuda()
+    wanted = {k for k in args.families.split(",") if k}
+    ratios, memory = {}, {}
+    for family, bench in families().items():
+        if wanted and bench.key not in wanted:
+            continue
+        depth = bench.full_depth if args.full_depth else (args.double, args.single)
+        model = bench.build(*depth, args.device)
+        blocks = (*family.blocks(model), 0, 0)[:2]  # (double, single); Qwen-Image has no single blocks
+        for size in [int(s) for s in args.sizes.split(",")]:
+            gen = torch.Generator().manual_seed(size)
+            latent = torch.randn(1, family.latent_channels, size // 8, size // 8, generator=gen).bfloat16().to(device)
+            prompt = torch.randn(1, bench.base_tokens, bench.text_width, generator=gen).bfloat16().to(device)
+            inputs = bench.inputs(latent, prompt, device)
+            configs = {"plain": None, **{f"R={r}": make_wrapper(r, size, False, 0.2, blocks, family=family,
+                                                                width=bench.text_width) for r in (4, 16)}}
+            for wrapper in configs.values():
+                timed_step(model, inputs, wrapper)  # warm-up and token plans
+            times = {k: [] for k in configs}
+            paired = {k: [] for k in configs if k != "plain"}
+            for _ in range(args.rounds):
+                before = timed_step(model, inputs, None)
+                times["plain"].append(before)
+                for name, wrapper in configs.items():
+                    if wrapper is None:
+                        continue
+                    times[name].append(timed_step(model, inputs, wrapper))
+                    after = timed_step(model, inputs, None)
+                    paired[name].append(times[name][-1] / ((before + after) / 2))
+                    before = after
+            peak.fix_mmap_threshold()
+            mems = {}
+            for name, wrapper in configs.items():
+                with peak:
+                    timed_step(model, inputs, wrapper)
+                mems[name] = peak.peak
+            print(f"\n{bench.key} ({family.name}), {size}x{size}, {blocks} blocks")
+            print("| config | step s (median) | time ratio | extra peak GB |")
+            print("|---|---|---|---|")
+            for name in configs:
+                ratio = statistics.median(paired[name]) if name in paired else 1.0
+                extra = (mems[name] - mems["plain"]) / 2**30
+                print(f"| {name} | {statistics.median(times[name]):.4f} | {ratio:.3f} | {extra:+.3f} |", flush=True)
+                ratios.setdefault((bench.key, name), ratio)
+                memory.setdefault((bench.key, name), extra)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    keys = [b.key for b in families().values() if not wanted or b.key in wanted]
+    print("regional_families: " + " ".join(f"{k}_r4={ratios[(k, 'R=4')]:.3f}" for k in keys))
+    print("regional_families_memory: " + " ".join(f"{k}_r16_gb={memory[(k, 'R=16')]:.3f}" for k in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
