@@ -26,6 +26,8 @@ from .text_positions import own_text_position_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
+# transformer_options key of a regional call's SequencePlan, for wrappers that run inside (Regional LoRA)
+PLAN_OPTION = "regional_layout.plan"
 # Raised when a sampling call ran FLUX without one call of our attention override: something below us took it out.
 NO_OVERRIDE_CALLS = (
     "Regional FLUX: FLUX's attention never reached the regional override. Either a patch replaces FLUX's forward "
@@ -218,6 +220,7 @@ class RegionalFluxWrapper:
             blocks[0] if blocks else None,
         )
         opts["optimized_attention_override"] = override
+        opts[PLAN_OPTION] = plan
         out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
         # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
         # step only: later a step cache below us (EasyCache placed after the patcher) may skip FLUX altogether.

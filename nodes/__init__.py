@@ -8,6 +8,7 @@ from .latent_inversion import LatentInversion
 from .region_layout import RegionLayoutNode, RegionsFromColorMap
 from .region_overlay import RegionOverlay
 from .regional_flux_patch import RegionalFluxPatch
+from .regional_lora import RegionalLora
 from .regional_prompt_encode import RegionalPromptEncode
 from .regions_from_masks import RegionsFromMasks
 
@@ -18,6 +19,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionsFromColorMap,
     RegionalPromptEncode,
     RegionalFluxPatch,
+    RegionalLora,
     GligenLayoutPrior,
     LatentInversion,
     BackwardGuidanceKSampler,

@@ -93,11 +93,21 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def start_server(tiny_models: Path, *extra_flags: str, extra_custom_nodes: tuple[Path, ...] = ()):
+def start_server(
+    tiny_models: Path,
+    *extra_flags: str,
+    extra_custom_nodes: tuple[Path, ...] = (),
+    extra_model_dirs: dict | None = None,
+):
     from rl_devkit.server import ComfyServer
 
     return ComfyServer(
-        COMFYUI, REPO, tiny_models, extra_flags=extra_flags, extra_custom_nodes=extra_custom_nodes
+        COMFYUI,
+        REPO,
+        tiny_models,
+        extra_flags=extra_flags,
+        extra_custom_nodes=extra_custom_nodes,
+        extra_model_dirs=extra_model_dirs,
     ).start()
 
 

@@ -89,7 +89,7 @@ def editor_state(regions: list[dict] | None = None, **extra) -> str:
 
 RECT = {"type": "rect", "x": 0.1, "y": 0.1, "w": 0.3, "h": 0.3}
 NAN = float("nan")
-FLUX, LAYOUT, LSREGEN, COLORMAP = "regional_flux", "layout", "lsregen", "color_map"
+FLUX, LAYOUT, LSREGEN, COLORMAP, LORA = "regional_flux", "layout", "lsregen", "color_map", "regional_lora"
 MASKS, OVERLAY, ENCODE, PATCH = (
     "RL_RegionsFromMasks",
     "RL_RegionOverlay",
@@ -98,6 +98,7 @@ MASKS, OVERLAY, ENCODE, PATCH = (
 )
 EDITOR, FROM_COLORS = "RL_RegionLayout", "RL_RegionsFromColorMap"
 PRIOR, INVERSION, GUIDED = "RL_GligenLayoutPrior", "RL_LatentInversion", "RL_BackwardGuidanceKSampler"
+REGIONAL_LORA = "RL_RegionalLora"
 
 CASES = [
     # Regions From Masks
@@ -220,6 +221,18 @@ CASES = [
             class_type="EmptyHunyuanLatentVideo", inputs={"width": 64, "height": 64, "length": 9, "batch_size": 1}
         ),
     ),
+    # Regional LoRA
+    Case("lora-region-unknown", LORA, REGIONAL_LORA, {"region"}, set_input("region", "nowhere")),
+    Case("lora-region-zero", LORA, REGIONAL_LORA, {"region"}, set_input("region", "0")),
+    Case("lora-strength-nan", LORA, REGIONAL_LORA, {"strength_model"}, set_input("strength_model", NAN)),
+    Case("lora-name-unknown", LORA, REGIONAL_LORA, {"lora_name"}, set_input("lora_name", "nope.safetensors")),
+    Case(
+        "lora-model-not-patched",
+        LORA,
+        REGIONAL_LORA,
+        {"model"},
+        lambda p, nid: set_input("model", [node_id(p, "UNETLoader"), 0])(p, nid),
+    ),
     # GLIGEN Layout Prior
     Case(
         "prior-31-boxes",
@@ -273,6 +286,8 @@ CASES = [
 def base_prompt(kind: str) -> dict:
     if kind == FLUX:
         return graphs.regional_flux(width=64, height=64, steps=1, overlay=True)
+    if kind == LORA:
+        return graphs.regional_flux(width=64, height=64, steps=1, regional_loras=[(graphs.FLUX_LORA, 1.0, "1")])
     if kind == LAYOUT:
         return graphs.region_layout_preview(width=64, height=64, regions=[{"prompt": "a", "shapes": [RECT]}])
     if kind == LSREGEN:

@@ -109,6 +109,7 @@ class ComfyServer:
         run_dir: Path | None = None,
         port: int | None = None,
         extra_custom_nodes: tuple[Path, ...] = (),
+        extra_model_dirs: dict[str, tuple[Path, ...]] | None = None,
     ):
         self.comfyui = Path(comfyui)
         self.pack_root = Path(pack_root)
@@ -116,6 +117,8 @@ class ComfyServer:
         self.python = python or sys.executable
         self.flags = DEFAULT_FLAGS + tuple(extra_flags)
         self.extra_custom_nodes = tuple(Path(p) for p in extra_custom_nodes)  # folders holding other packs
+        # more folders per model kind (e.g. a test's own LoRA files), searched after models_dir's
+        self.extra_model_dirs = {k: tuple(Path(p) for p in v) for k, v in (extra_model_dirs or {}).items()}
         self._owns_run_dir = run_dir is None
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="rl-comfy-"))
         self.port = port or free_port()
@@ -184,6 +187,8 @@ class ComfyServer:
         if self.models_dir:
             entries.update({key: str(self.models_dir / sub) for key, sub in MODEL_FOLDERS.items()})
             entries["clip"] = str(self.models_dir / "text_encoders")
+        for key, dirs in self.extra_model_dirs.items():  # ComfyUI splits a value into paths by lines
+            entries[key] = "\n".join(([entries[key]] if key in entries else []) + [str(d) for d in dirs])
         node_dirs = [str(p) for p in self.extra_custom_nodes]
         if not pack_is_installed(self.comfyui, self.pack_root):
             nodes_dir = self.run_dir / "custom_nodes"

@@ -158,6 +158,8 @@ def regional_flux(
     lora_after_patch=False,
     controlnet=None,
     hint_color=0x3070B0,
+    loras_before=(),
+    regional_loras=(),
     save_latent=False,
 ) -> dict:
     """Regional FLUX text-to-image on the tiny models; `patch=False` gives the plain graph with the same prompt
@@ -165,7 +167,9 @@ def regional_flux(
     is the one it gets inside the batch). `lora` (a strength) adds LoraLoaderModelOnly with the tiny FLUX LoRA
     right after the UNETLoader, or after the patcher with `lora_after_patch`; `controlnet` (a strength) applies the
     tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced);
-    `save_latent` also saves the sampled latent (SaveLatent "save_latent")."""
+    `save_latent` also saves the sampled latent (SaveLatent "save_latent"). `loras_before`: (file, strength)
+    pairs, LoraLoaderModelOnly in a chain before the patcher; `regional_loras`: (file, strength, region)
+    triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...)."""
     g = graph()
     model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
 
@@ -174,6 +178,8 @@ def regional_flux(
 
     if lora is not None and not lora_after_patch:
         model = add_lora(model)
+    for name, strength in loras_before:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=name, strength_model=strength).out(0)
     if boxes is None:
         boxes = [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height // 2)][: len(prompts)]
     if patch:
@@ -200,6 +206,15 @@ def regional_flux(
             single_blocks=single_blocks,
             feather=feather,
         ).out(0)
+        for i, (name, strength, region) in enumerate(regional_loras):
+            model = g.node(
+                "RL_RegionalLora",
+                id=f"regional_lora_{i}",
+                model=model,
+                lora_name=name,
+                strength_model=strength,
+                region=region,
+            ).out(0)
     else:
         positive = g.node("CLIPTextEncode", clip=clip, text=base_prompt).out(0)
     if lora is not None and lora_after_patch:
