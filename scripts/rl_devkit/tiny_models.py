@@ -58,6 +58,17 @@ FLUX_DIT: dict[str, Any] = {
     "theta": 10000,
     "qkv_bias": True,
 }
+# Chroma as ComfyUI detects it: FLUX's transformer without the vector input, the distilled guidance layer's sizes.
+CHROMA_DIT: dict[str, Any] = {
+    **{key: value for key, value in FLUX_DIT.items() if key != "vec_in_dim"},
+    "image_model": "chroma",
+    "in_channels": 64,
+    "out_channels": 64,
+    "in_dim": 64,
+    "out_dim": 3072,
+    "hidden_dim": 5120,
+    "n_layers": 5,
+}
 # UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
 _UNET_COMMON: dict[str, Any] = {
     "use_checkpoint": False,
@@ -413,18 +424,7 @@ def _chroma(depth: int, depth_single_blocks: int) -> dict:
     the distilled guidance layer, whose sizes ComfyUI's detection fixes (in 64, hidden 5120, 5 layers, out 3072)."""
     import comfy.supported_models as sm
 
-    config = {key: value for key, value in FLUX_DIT.items() if key != "vec_in_dim"}
-    config.update(
-        image_model="chroma",
-        in_channels=64,
-        out_channels=64,
-        in_dim=64,
-        out_dim=3072,
-        hidden_dim=5120,
-        n_layers=5,
-        depth=depth,
-        depth_single_blocks=depth_single_blocks,
-    )
+    config = {**CHROMA_DIT, "depth": depth, "depth_single_blocks": depth_single_blocks}
     tensors = dict(sm.Chroma(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", sm.Chroma, config)
     return tensors

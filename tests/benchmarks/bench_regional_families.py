@@ -29,6 +29,7 @@ from bench_regional_flux import (
     BASE_TOKENS,
     PeakCuda,
     PeakRss,
+    random_fill,
     _paths,  # noqa: E402
     full_width_flux,
     make_wrapper,
@@ -46,47 +47,22 @@ class FamilyBench:
     base_tokens: int = BASE_TOKENS  # the base prompt as the family's tokenizer hands it over (padded or not)
 
 
-def _random_fill(model, device: str):
-    import torch
-
-    gen = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.ndim > 1:
-                param.normal_(0.0, param.shape[-1] ** -0.5, generator=gen)
-            else:
-                param.fill_(1.0)
-    return model.eval().requires_grad_(False)
-
-
 def build_chroma(double: int, single: int, device: str):
     import torch
     import comfy.ops
     from comfy.ldm.chroma.model import Chroma
 
+    from rl_devkit.tiny_models import CHROMA_DIT
+
     model = Chroma(
-        image_model="chroma",
-        in_channels=64,
-        out_channels=64,
-        context_in_dim=4096,
-        hidden_size=3072,
-        mlp_ratio=4.0,
-        num_heads=24,
+        **CHROMA_DIT,
         depth=double,
         depth_single_blocks=single,
-        axes_dim=[16, 56, 56],
-        theta=10000,
-        patch_size=2,
-        qkv_bias=True,
-        in_dim=64,
-        out_dim=3072,
-        hidden_dim=5120,
-        n_layers=5,
         dtype=torch.bfloat16,
         device=device,
         operations=comfy.ops.manual_cast,
     )
-    return _random_fill(model, device)
+    return random_fill(model, device)
 
 
 def build_qwen_image(double: int, single: int, device: str):
@@ -109,7 +85,7 @@ def build_qwen_image(double: int, single: int, device: str):
         device=device,
         operations=comfy.ops.manual_cast,
     )
-    return _random_fill(model, device)
+    return random_fill(model, device)
 
 
 def qwen_image_inputs(latent, prompt, device):

@@ -197,32 +197,32 @@ def full_width_flux(double: int, single: int, device: str):
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
+    from rl_devkit.tiny_models import FLUX_DIT
+
     flux = Flux(
-        image_model="flux",
-        in_channels=16,
-        out_channels=16,
-        patch_size=2,
-        vec_in_dim=768,
-        context_in_dim=4096,
-        hidden_size=3072,
-        mlp_ratio=4.0,
-        num_heads=24,
+        **FLUX_DIT,
         depth=double,
         depth_single_blocks=single,
-        axes_dim=[16, 56, 56],
-        theta=10000,
-        qkv_bias=True,
         guidance_embed=True,
         dtype=torch.bfloat16,
         device=device,
         operations=comfy.ops.manual_cast,
     )
+    return random_fill(flux, device)
+
+
+def random_fill(model, device: str):
+    """Seeded N(0, 1/fan_in) matrices and unit vectors, filled where the model lies (fast on a GPU)."""
+    import torch
+
     gen = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
-        for _, param in flux.named_parameters():
-            fan_in = param.shape[-1] if param.ndim > 1 else 1
-            param.normal_(0.0, fan_in**-0.5, generator=gen) if param.ndim > 1 else param.fill_(1.0)
-    return flux.eval().requires_grad_(False)
+        for _, param in model.named_parameters():
+            if param.ndim > 1:
+                param.normal_(0.0, param.shape[-1] ** -0.5, generator=gen)
+            else:
+                param.fill_(1.0)
+    return model.eval().requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> int:
