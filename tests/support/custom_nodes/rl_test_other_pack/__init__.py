@@ -126,8 +126,6 @@ class ForwardReplacingCache:
     CATEGORY = "testing"
 
     def patch(self, model):
-        from unittest import mock
-
         patched = model.clone()
         diffusion_model = patched.get_model_object("diffusion_model")
         original = diffusion_model.forward_orig
@@ -139,8 +137,16 @@ class ForwardReplacingCache:
             return original(*args, **kwargs)
 
         def unet_wrapper(apply_model, args):
-            with mock.patch.object(diffusion_model, "forward_orig", own_forward):
+            # swapped on the model for the call, as TeaCache does (this stand-in pack's own behaviour)
+            had_own = "forward_orig" in vars(diffusion_model)
+            diffusion_model.forward_orig = own_forward
+            try:
                 return apply_model(args["input"], args["timestep"], **args["c"])
+            finally:
+                if had_own:
+                    diffusion_model.forward_orig = original
+                else:
+                    del diffusion_model.forward_orig  # the class's method shows through again
 
         patched.set_model_unet_function_wrapper(unet_wrapper)
         return (patched,)
