@@ -1,9 +1,10 @@
-"""Regional prompting applied to a FLUX-like model (FLUX.1, Chroma: see families.py) through ComfyUI's own patch
-points.
+"""Regional prompting applied to a joint-attention model (FLUX.1, Chroma, Qwen-Image: see families.py) through
+ComfyUI's own patch points.
 
 A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
 positive rows with the region texts put before the base prompt (FLUX's text positions are all 0, so the order
-only decides where each part lies: see regional_attention) and an `optimized_attention_override` in a
+only decides where each part lies; families with sequential text positions get each text's own positions back
+through text_positions.py) and an `optimized_attention_override` in a
 per-call copy of transformer_options; the negative rows (cond_or_uncond == 1) and the other steps run the plain
 model. Any attention override already present is kept and called for the plain work.
 This module touches only torch and the arguments ComfyUI hands it; it never imports ComfyUI.
