@@ -267,7 +267,15 @@ def small_flux(
         device="cpu",
         operations=comfy.ops.manual_cast,
     )  # manual_cast: any input dtype works
-    with torch.no_grad():  # ComfyUI's ops leave weights uninitialised
+    return seeded(model, seed)
+
+
+def seeded(model, seed: int):
+    """`model` with every parameter set to its seeded init_value (ComfyUI's ops leave weights uninitialised), in
+    eval mode and without gradients."""
+    import torch
+
+    with torch.no_grad():
         for key, param in model.named_parameters():
             param.copy_(init_value(key, tuple(param.shape), seed))
     return model.eval().requires_grad_(False)
@@ -310,10 +318,7 @@ def small_chroma(
         device="cpu",
         operations=comfy.ops.manual_cast,
     )
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            param.copy_(init_value(key, tuple(param.shape), seed))
-    return model.eval().requires_grad_(False)
+    return seeded(model, seed)
 
 
 def small_qwen_image(
@@ -348,10 +353,7 @@ def small_qwen_image(
         device="cpu",
         operations=comfy.ops.manual_cast,
     )
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            param.copy_(init_value(key, tuple(param.shape), seed))
-    return model.eval().requires_grad_(False)
+    return seeded(model, seed)
 
 
 def flux_axes_dim(head_dim: int) -> list[int]:
