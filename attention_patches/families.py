@@ -35,6 +35,11 @@ class ModelFamily:
     # other hosts' forward signatures (positional arguments before transformer_options), told apart by the names
     # of the model's `forward` parameters
     other_forward_args: tuple[tuple[str, ...], ...] = ()
+    # Regional LoRA: the token rows each Linear layer sees, as (stream, regular expression over the layer's path in
+    # the diffusion model): "img" [image | reference tokens], "txt" the text tokens, "joint" [text | image |
+    # reference]. Layers matched by none act per sample (modulations, embedders): no rows, so not regional.
+    # Empty: no regional LoRA for this family yet.
+    lora_streams: tuple[tuple[str, str], ...] = ()
 
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
@@ -60,12 +65,30 @@ class ModelFamily:
         return self.forward_args
 
 
+# FLUX.1 and Chroma (the same block names): double blocks with an image and a text stream, single blocks on the
+# joint sequence.
+FLUX_LORA_STREAMS = (
+    ("img", r"double_blocks\.\d+\.img_(attn\.(qkv|proj)|mlp\.\d+)|img_in|final_layer\.linear"),
+    ("txt", r"double_blocks\.\d+\.txt_(attn\.(qkv|proj)|mlp\.\d+)|txt_in"),
+    ("joint", r"single_blocks\.\d+\.linear[12]"),
+)
+# Qwen-Image: double-stream blocks only, each stream with its own projections (image: to_q/to_k/to_v, to_out.0,
+# img_mlp; text: add_q/k/v_proj, to_add_out, txt_mlp); proj_out sees [image | reference tokens].
+QWEN_IMAGE_LORA_STREAMS = (
+    (
+        "img",
+        r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|to_out\.0)|img_mlp\.net\.(0\.proj|2))|img_in|proj_out",
+    ),
+    ("txt", r"transformer_blocks\.\d+\.(attn\.(add_[qkv]_proj|to_add_out)|txt_mlp\.net\.(0\.proj|2))|txt_in"),
+)
+
 FLUX1 = ModelFamily(
     "flux1",
     "FLUX.1",
     ("x", "timestep", "context", "y", "guidance", "ref_latents", "control"),
     latent_channels=16,
     reference_tokens=True,
+    lora_streams=FLUX_LORA_STREAMS,
 )
 CHROMA = ModelFamily(
     "chroma",
@@ -73,6 +96,7 @@ CHROMA = ModelFamily(
     ("x", "timestep", "context", "guidance", "control"),
     latent_channels=16,
     text_encoder_hint="CLIPLoader, type chroma (T5-XXL)",
+    lora_streams=FLUX_LORA_STREAMS,
 )
 
 # Qwen-Image (and -Edit): 60 double-stream blocks as `transformer_blocks` (block_type "double" and block_index are
@@ -91,6 +115,7 @@ QWEN_IMAGE = ModelFamily(
     text_positions="sequential",
     other_forward_args=(("x", "timestep", "context", "attention_mask", "ref_latents", "additional_t_cond"),),
     text_encoder_hint="CLIPLoader, type qwen_image (Qwen2.5-VL 7B)",
+    lora_streams=QWEN_IMAGE_LORA_STREAMS,
 )
 
 FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE)}

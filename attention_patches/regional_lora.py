@@ -1,11 +1,14 @@
 """Per-region LoRA inside the one regional pass: a Linear layer's low-rank update `s·B(A·x)` is added only to the
 rows (tokens) of its region, scaled per row.
 
-Which rows a Linear sees depends on its stream (FLUX.1 / Chroma, the same block names):
-  img   double blocks' img_attn.* / img_mlp.*, img_in, final_layer.linear: [image tokens | extra reference tokens]
-  txt   double blocks' txt_attn.* / txt_mlp.*, txt_in: the text tokens ([region texts | base text] in a regional
-        call, the base text alone in a plain one)
-  joint single blocks' linear1 / linear2: [text | image | extra]
+Which rows a Linear sees depends on its stream (each family's `lora_streams` in families.py names its layers):
+  img   the image stream (FLUX.1 / Chroma: double blocks' img_attn.* / img_mlp.*, img_in, final_layer.linear;
+        Qwen-Image: attn.to_q/k/v, attn.to_out.0, img_mlp.*, img_in, proj_out): [image tokens | extra reference
+        tokens]
+  txt   the text stream (FLUX.1 / Chroma: txt_attn.* / txt_mlp.*, txt_in; Qwen-Image: attn.add_q/k/v_proj,
+        attn.to_add_out, txt_mlp.*, txt_in): the text tokens ([region texts | base text] in a regional call, the
+        base text alone in a plain one)
+  joint FLUX.1 / Chroma single blocks' linear1 / linear2: [text | image | extra]
 Per-sample layers (modulations, time / vector / guidance embedders, Chroma's distilled guidance layer) see no
 tokens, so they cannot be regional: their updates are left out (the node says so in the log).
 
@@ -18,6 +21,7 @@ that reads them. Plain torch: nothing here imports ComfyUI.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -27,17 +31,16 @@ from torch import Tensor, nn
 from .families import FLUX1, ModelFamily
 from .flux_patch import PLAN_OPTION, RegionalFluxWrapper, _extra_tokens
 
-STREAMS = (
-    ("img", re.compile(r"(double_blocks\.\d+\.img_(attn\.(qkv|proj)|mlp\.\d+)|img_in|final_layer\.linear)")),
-    ("txt", re.compile(r"(double_blocks\.\d+\.txt_(attn\.(qkv|proj)|mlp\.\d+)|txt_in)")),
-    ("joint", re.compile(r"single_blocks\.\d+\.linear[12]")),
-)
+
+@functools.lru_cache(maxsize=None)
+def _compiled(streams: tuple[tuple[str, str], ...]) -> tuple[tuple[str, re.Pattern], ...]:
+    return tuple((name, re.compile(pattern)) for name, pattern in streams)
 
 
-def stream_of(layer: str) -> str | None:
-    """The stream of the diffusion model's Linear `layer` (path without "diffusion_model."), or None when its
-    input has no token rows (per-sample layers) or the layer is unknown."""
-    for name, pattern in STREAMS:
+def stream_of(layer: str, family: ModelFamily = FLUX1) -> str | None:
+    """The stream of `family`'s Linear `layer` (path without "diffusion_model."), or None when its input has no
+    token rows (per-sample layers) or the layer is unknown."""
+    for name, pattern in _compiled(family.lora_streams):
         if pattern.fullmatch(layer):
             return name
     return None

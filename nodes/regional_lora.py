@@ -1,4 +1,5 @@
-"""Regional LoRA: a LoRA on one region of a regionally patched FLUX.1 / Chroma model, in the same sampling pass.
+"""Regional LoRA: a LoRA on one region of a regionally patched FLUX.1 / Chroma / Qwen-Image model, in the same
+sampling pass.
 
 ComfyUI's own LoRA machinery reads the file and maps its keys (comfy.lora.model_lora_keys_unet + load_lora, as
 LoraLoaderModelOnly does); this adapter turns the mapped low-rank patches into per-row updates
@@ -12,7 +13,7 @@ import math
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FLUX1
+from ..attention_patches.families import FAMILIES, FLUX1, ModelFamily
 from ..attention_patches.flux_patch import PATCH_KEY
 from ..attention_patches.regional_lora import (
     LowRankUpdate,
@@ -50,9 +51,12 @@ def region_row(cond, region: str) -> int:
     )
 
 
-def lora_updates(patches: dict, row: int, strength: float, lora_name: str, diffusion_model):
-    """{layer path: [LowRankUpdate]} of the patches comfy.lora.load_lora made, and the layers left out (per-sample
-    layers, which have no token rows). Refuses what is not a plain low-rank LoRA, naming the file."""
+def lora_updates(
+    patches: dict, row: int, strength: float, lora_name: str, diffusion_model, family: ModelFamily = FLUX1
+):
+    """{layer path: [LowRankUpdate]} of the patches comfy.lora.load_lora made for `family`'s `diffusion_model`, and
+    the layers left out (per-sample layers, which have no token rows). Refuses what is not a plain low-rank LoRA,
+    naming the file."""
     from comfy.weight_adapter.lora import LoRAAdapter
 
     updates: dict[str, list[LowRankUpdate]] = {}
@@ -63,7 +67,7 @@ def lora_updates(patches: dict, row: int, strength: float, lora_name: str, diffu
         if not name.startswith(PREFIX):
             continue
         layer, _, param = name[len(PREFIX) :].rpartition(".")
-        stream = stream_of(layer)
+        stream = stream_of(layer, family)
         if stream is None:
             skipped.append(layer)
             continue
@@ -116,7 +120,7 @@ def apply_regional_lora(model, updates: dict[str, list[LowRankUpdate]], family, 
     state = RegionalLoraState()
     for layer, ups in combined.items():
         base = patched.get_model_object(PREFIX + layer)
-        patched.add_object_patch(PREFIX + layer, regional_linear(base, tuple(ups), stream_of(layer), state))
+        patched.add_object_patch(PREFIX + layer, regional_linear(base, tuple(ups), stream_of(layer, family), state))
     patched.remove_wrappers_with_key("diffusion_model", LORA_KEY)
     patched.add_wrapper_with_key("diffusion_model", LORA_KEY, RegionalLoraWrapper(regional, state, family))
     return patched
@@ -145,10 +149,11 @@ def load_regional_lora(model, lora_name: str, strength: float, region: str):
         family, diffusion_model = model_family(model)
     except ValueError as err:
         raise ValueError(f"{NODE}: {str(err).split(': ', 1)[1]}") from None
-    if family not in (FLUX1, CHROMA):  # other families name their layers differently (see stream_of)
+    if not family.lora_streams:  # which layers see which token rows: families.py
+        covered = ", ".join(f.name for f in FAMILIES.values() if f.lora_streams)
         raise ValueError(
-            f"{NODE}: model is {family.name}; Regional LoRA supports FLUX.1 and Chroma so far (load "
-            "this LoRA for the whole model with LoraLoaderModelOnly)"
+            f"{NODE}: model is {family.name}; Regional LoRA supports {covered} so far (load this LoRA for "
+            "the whole model with LoraLoaderModelOnly)"
         )
     row = region_row(regional.cond, region)
     path = folder_paths.get_full_path("loras", lora_name) if isinstance(lora_name, str) else None
@@ -160,7 +165,7 @@ def load_regional_lora(model, lora_name: str, strength: float, region: str):
         raise ValueError(f"{NODE}: lora_name {lora_name!r} cannot be read as a LoRA ({err})") from None
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False)  # as LoraLoader
-    updates, skipped = lora_updates(patches, row, float(strength), lora_name, diffusion_model)
+    updates, skipped = lora_updates(patches, row, float(strength), lora_name, diffusion_model, family)
     if not updates:
         raise ValueError(
             f"{NODE}: lora_name {lora_name!r} does not fit the model: none of its keys maps onto a "
@@ -204,8 +209,8 @@ class RegionalLora(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=folder_paths.get_filename_list("loras"),
-                    tooltip="A FLUX.1 / Chroma LoRA from ComfyUI's loras folder (any format "
-                    "LoraLoader reads for this model).",
+                    tooltip="A FLUX.1, Chroma or Qwen-Image LoRA from ComfyUI's loras folder (any "
+                    "format LoraLoader reads for this model).",
                 ),
                 io.Float.Input(
                     "strength_model",

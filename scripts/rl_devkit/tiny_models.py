@@ -356,6 +356,19 @@ def small_qwen_image(
     return seeded(model, seed)
 
 
+def small_qwen_image_model(seed: int = 0, **kwargs):
+    """ComfyUI's QwenImage BaseModel (what UNETLoader hands LoraLoader: its class and state dict drive
+    comfy.lora.model_lora_keys_unet) holding `small_qwen_image(seed=seed, **kwargs)`."""
+    import torch
+    import comfy.model_base
+    import comfy.supported_models
+
+    config = comfy.supported_models.QwenImage({"image_model": "qwen_image", "disable_unet_model_creation": True})
+    model = comfy.model_base.QwenImage(config, device=torch.device("cpu"))
+    model.diffusion_model = small_qwen_image(seed=seed, **kwargs)
+    return model
+
+
 def flux_axes_dim(head_dim: int) -> list[int]:
     """FLUX.1's RoPE split of a head ([16, 56, 56] for 128) scaled to `head_dim`; every part must be even."""
     first = head_dim // 8
