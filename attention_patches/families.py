@@ -40,6 +40,11 @@ class ModelFamily:
     # reference]. Layers matched by none act per sample (modulations, embedders): no rows, so not regional.
     # Empty: no regional LoRA for this family yet.
     lora_streams: tuple[tuple[str, str], ...] = ()
+    # The model left-pads a prompt to this many tokens (FLUX.2: Flux2.extra_conds pads with zeros to 512), so a
+    # sequential prompt of n tokens alone sits at max(pad - n, 0) + j; region texts (real tokens only) are placed
+    # there. 0: no padding.
+    text_pad_left_to: int = 0
+    vae_scale: int = 8  # picture pixels per latent pixel (feathers are given in picture pixels)
 
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
@@ -118,4 +123,23 @@ QWEN_IMAGE = ModelFamily(
     lora_streams=QWEN_IMAGE_LORA_STREAMS,
 )
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE)}
+# FLUX.2 (dev; klein on newer hosts): ComfyUI's Flux class with global modulation and four RoPE axes, patch size 1
+# over a 128-channel latent at 1/16 of the picture, no pooled vector; forward as FLUX.1's (reference latents after
+# the image). Text token j of the context sits at RoPE position j (axis 3, sequential), and Flux2.extra_conds
+# left-pads every prompt with zeros to 512 tokens, so a prompt of n tokens alone sits at 512 - n + j: the region
+# texts (their real tokens only) are placed there, the base text keeps its rows (text_positions.py).
+FLUX2 = ModelFamily(
+    "flux2",
+    "FLUX.2",
+    ("x", "timestep", "context", "y", "guidance", "ref_latents", "control"),
+    latent_channels=128,
+    patch_size=1,
+    reference_tokens=True,
+    latent_hint="EmptyFlux2LatentImage",
+    text_encoder_hint="CLIPLoader, type flux2",
+    text_positions="sequential",
+    text_pad_left_to=512,
+    vae_scale=16,
+)
+
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2)}

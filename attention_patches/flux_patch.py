@@ -1,4 +1,4 @@
-"""Regional prompting applied to a joint-attention model (FLUX.1, Chroma, Qwen-Image: see families.py) through
+"""Regional prompting applied to a joint-attention model (FLUX.1, Chroma, Qwen-Image, FLUX.2: see families.py) through
 ComfyUI's own patch points.
 
 A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
@@ -200,7 +200,7 @@ class RegionalFluxWrapper:
         x, context = named["x"], named["context"]
         if "attention_mask" in named:  # [B, T0]: it has no region text columns
             named["attention_mask"] = _no_padding(named["attention_mask"])
-        extra = _extra_tokens(named.get("ref_latents")) if self.family.reference_tokens else 0
+        extra = _extra_tokens(named.get("ref_latents"), self.family.patch_size) if self.family.reference_tokens else 0
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
@@ -209,7 +209,7 @@ class RegionalFluxWrapper:
         if self.family.text_positions == "sequential":
             if blocks is None:
                 raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
-            rows = own_text_position_rows(plan.text_lens, plan.base_len, plan.length)
+            rows = own_text_position_rows(plan.text_lens, plan.base_len, plan.length, self.family.text_pad_left_to)
             opts["patches_replace"] = with_own_text_positions(
                 opts.get("patches_replace"), rows, self.family.block_kinds, blocks
             )
@@ -247,6 +247,8 @@ class RegionalFluxWrapper:
                 latent_w,
                 background=self.cond.background is not None,
                 feathers=[max(f, self.options.feather) for f in self.cond.feathers()],
+                patch_size=self.family.patch_size,
+                vae_scale=self.family.vae_scale,
             )
             lens = tuple(e.shape[1] for e in self.region_embeds(masks.hard.shape[0]))
             self._plans[key] = SequencePlan(base_len, lens, masks, n_extra, self.options.force_dense)
@@ -261,11 +263,11 @@ class RegionalFluxWrapper:
         return torch.cat(self.region_embeds(len(plan.text_lens)), dim=1)
 
 
-def _extra_tokens(ref_latents) -> int:
+def _extra_tokens(ref_latents, patch_size: int = 2) -> int:
     if not ref_latents:
         return 0
     return sum(
-        (r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / 2) * math.ceil(r.shape[-1] / 2)
+        (r.shape[-3] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / patch_size) * math.ceil(r.shape[-1] / patch_size)
         for r in ref_latents
     )
 

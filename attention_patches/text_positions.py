@@ -1,5 +1,5 @@
 """Text RoPE positions for families whose text tokens sit at sequential positions (Qwen-Image: token j of the
-prompt at txt_start + j; see families.py `text_positions`).
+prompt at txt_start + j; FLUX.2: at j of the prompt left-padded to 512; see families.py `text_positions`).
 
 Putting the region texts before the base text would move every text to later positions than it has alone. The
 paper's rule wants each region text to meet the image exactly as that prompt alone would, and the base text to keep
@@ -20,13 +20,19 @@ from torch import Tensor
 PE_TOKEN_DIM = 2  # EmbedND's table is [B, 1, L, D / 2, 2, 2]
 
 
-def own_text_position_rows(text_lens: tuple[int, ...], base_len: int, length: int) -> Tensor:
+def own_text_position_rows(text_lens: tuple[int, ...], base_len: int, length: int, pad_left_to: int = 0) -> Tensor:
     """For the joint sequence [region texts (text_lens) | base text (base_len) | image | extra] of `length` tokens:
     the row of the model's sequential RoPE table each token takes so that every text starts at the first text
-    position; image and extra tokens keep their rows."""
+    position; image and extra tokens keep their rows.
+
+    `pad_left_to` (FLUX.2: 512): the model left-pads a prompt to that many tokens before it reaches the model, so
+    the base text arrives padded and keeps its rows, and a region text of n real tokens takes rows
+    max(pad_left_to - n, 0) + j, where it sits alone (after its padding). A base text shorter than that did not
+    come through the padding, so neither would the region texts: they then start at the first row too."""
     n_text = sum(text_lens) + base_len
-    parts = [torch.arange(n) for n in (*text_lens, base_len)] + [torch.arange(n_text, length)]
-    return torch.cat(parts)
+    pad = pad_left_to if base_len >= pad_left_to else 0
+    parts = [torch.arange(n) + max(pad - n, 0) for n in text_lens] + [torch.arange(base_len)]
+    return torch.cat(parts + [torch.arange(n_text, length)])
 
 
 def with_own_text_positions(

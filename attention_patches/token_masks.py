@@ -105,11 +105,12 @@ def region_token_masks(
     feathers: list[float] | None = None,
     background: bool = False,
     patch_size: int = 2,
+    vae_scale: int = 8,
 ) -> TokenMasks:
     """Token membership of every region; with `background`, one more region holds the tokens no region holds
     (dropped when there are none). Regions with no pixels keep an empty row."""
     feathers = list(feathers) if feathers is not None else [0.0] * masks.shape[0]
-    coverage = token_coverage(masks, latent_h, latent_w, patch_size, feathers).flatten(1)
+    coverage = token_coverage(masks, latent_h, latent_w, patch_size, feathers, vae_scale).flatten(1)
     coverage, union = coverage[:-1], coverage[-1]
     hard = assign_tokens(coverage, union)
     soft_rows = [is_soft(m) or f > 0 for m, f in zip(masks, feathers)]

@@ -1,9 +1,9 @@
-"""Patch a FLUX.1, Chroma or Qwen-Image model for regional prompting (region-aware attention in the chosen blocks
-and steps)."""
+"""Patch a FLUX.1, Chroma, Qwen-Image or FLUX.2 model for regional prompting (region-aware attention in the chosen
+blocks and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, QWEN_IMAGE, ModelFamily
+from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, QWEN_IMAGE, ModelFamily
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
 from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
@@ -18,6 +18,8 @@ def model_family(model) -> tuple[ModelFamily, object]:
     diffusion_model = model.get_model_object("diffusion_model")
     if type(diffusion_model) is Flux and len(diffusion_model.params.axes_dim) == 3:  # FLUX.2 has 4 RoPE axes
         return FLUX1, diffusion_model
+    if type(diffusion_model) is Flux and len(diffusion_model.params.axes_dim) == 4:  # FLUX.2 (dev, klein)
+        return FLUX2, diffusion_model
     if type(diffusion_model) is Chroma:  # not Chroma Radiance (pixel space)
         return CHROMA, diffusion_model
     if type(diffusion_model) is QwenImageTransformer2DModel:  # Qwen-Image and Qwen-Image-Edit
@@ -65,7 +67,7 @@ class RegionalFluxPatch(io.ComfyNode):
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma or Qwen-Image model "
+                    tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma, Qwen-Image or FLUX.2 model "
                     "(LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
@@ -91,7 +93,7 @@ class RegionalFluxPatch(io.ComfyNode):
                     "double_blocks",
                     default="all",
                     tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-7,12' (FLUX.1 has 19, Qwen-Image 60, numbered from 0). In the "
+                    "like '0-7,12' (FLUX.1 has 19, FLUX.2 dev 8, Qwen-Image 60, numbered from 0). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),
@@ -99,7 +101,7 @@ class RegionalFluxPatch(io.ComfyNode):
                     "single_blocks",
                     default="all",
                     tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-37' (FLUX.1 has 38, numbered from 0; Qwen-Image has none). In the "
+                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image has none). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),

@@ -69,6 +69,28 @@ CHROMA_DIT: dict[str, Any] = {
     "hidden_dim": 5120,
     "n_layers": 5,
 }
+# FLUX.2 dev as ComfyUI detects it (heads, axes and widths hard-coded there; 8 double + 48 single blocks). Newer
+# hosts also want txt_ids_dims (the text position axes): flux2_params adds it where ComfyUI's FluxParams has it.
+FLUX2_DIT: dict[str, Any] = {
+    "image_model": "flux2",
+    "in_channels": 128,
+    "out_channels": 128,
+    "patch_size": 1,
+    "vec_in_dim": None,
+    "context_in_dim": 15360,
+    "hidden_size": 6144,
+    "mlp_ratio": 3.0,
+    "num_heads": 48,
+    "axes_dim": [32, 32, 32, 32],
+    "theta": 2000,
+    "qkv_bias": False,
+    "guidance_embed": True,
+    "global_modulation": True,
+    "mlp_silu_act": True,
+    "ops_bias": False,
+    "default_ref_method": "index",
+    "ref_index_scale": 10.0,
+}
 # UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
 _UNET_COMMON: dict[str, Any] = {
     "use_checkpoint": False,
@@ -367,6 +389,51 @@ def small_qwen_image_model(seed: int = 0, **kwargs):
     model = comfy.model_base.QwenImage(config, device=torch.device("cpu"))
     model.diffusion_model = small_qwen_image(seed=seed, **kwargs)
     return model
+
+
+def flux2_params(config: dict) -> dict:
+    """A FLUX.2 config for this host's Flux class: v0.30 needs txt_ids_dims ([3]: text positions on the last
+    axis), 0.3.76 has no such field (it puts them there for every 4-axis model)."""
+    from comfy.ldm.flux.model import FluxParams
+
+    if "txt_ids_dims" in FluxParams.__dataclass_fields__:
+        return {"txt_ids_dims": [3], **config}
+    return dict(config)
+
+
+def small_flux2(
+    hidden_size: int = 128,
+    num_heads: int = 2,
+    depth: int = 2,
+    depth_single_blocks: int = 2,
+    seed: int = 0,
+    *,
+    context_in_dim: int = 64,
+    dtype: torch.dtype | None = None,
+):
+    """A small FLUX.2 (global modulation, four RoPE axes with text positions on the last, no pooled vector) from
+    ComfyUI's own Flux class with seeded random weights, for fast unit tests. Latents: 128 channels, patch size 1;
+    the head is split into four equal RoPE axes (FLUX.2: [32, 32, 32, 32] for head dim 128)."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    head_dim = hidden_size // num_heads
+    if hidden_size % num_heads or head_dim % 8:
+        raise ValueError(f"hidden_size {hidden_size} / num_heads {num_heads} needs a head dim divisible by 8")
+    config = {
+        **FLUX2_DIT,
+        "context_in_dim": context_in_dim,
+        "hidden_size": hidden_size,
+        "num_heads": num_heads,
+        "axes_dim": [head_dim // 4] * 4,
+        "depth": depth,
+        "depth_single_blocks": depth_single_blocks,
+    }
+    model = Flux(
+        **flux2_params(config), dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast
+    )
+    return seeded(model, seed)
 
 
 def flux_axes_dim(head_dim: int) -> list[int]:

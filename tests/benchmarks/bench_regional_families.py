@@ -11,7 +11,7 @@ between two plain steps of the same family (ratios to their mean), as in bench_r
 Qwen-Image (double-stream blocks only) gets double + single double-stream blocks and its unpadded 64-token base
 prompt (FLUX.1 and Chroma: T5 padded to 256).
 
-Ends with: regional_families: flux1_r4=… chroma_r4=… qwen_image_r4=… (time ratios to plain at the first size),
+Ends with: regional_families: flux1_r4=… flux2_r4=… chroma_r4=… qwen_image_r4=… (time ratios to plain at the first size),
 then regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… qwen_image_r16_gb=… (extra peak memory at R = 16).
 """
 
@@ -88,6 +88,25 @@ def build_qwen_image(double: int, single: int, device: str):
     return random_fill(model, device)
 
 
+def build_flux2(double: int, single: int, device: str):
+    """FLUX.2 dev's blocks at full width (hidden 6144, 48 heads, 15360-wide text), random bf16 weights."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    from rl_devkit.tiny_models import FLUX2_DIT, flux2_params
+
+    config = {**FLUX2_DIT, "depth": double, "depth_single_blocks": single}
+    model = Flux(**flux2_params(config), dtype=torch.bfloat16, device=device, operations=comfy.ops.manual_cast)
+    return random_fill(model, device)
+
+
+def flux2_inputs(latent, prompt, device):
+    import torch
+
+    return (latent, torch.tensor([1.0], device=device), prompt, None, torch.tensor([3.5], device=device))
+
+
 def qwen_image_inputs(latent, prompt, device):
     import torch
 
@@ -113,10 +132,12 @@ def chroma_inputs(latent, prompt, device):
 
 
 def families() -> dict:
-    from regional_layout.attention_patches.families import CHROMA, FLUX1, QWEN_IMAGE
+    from regional_layout.attention_patches.families import CHROMA, FLUX1, FLUX2, QWEN_IMAGE
 
     return {
         FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
+        # Mistral 3 hidden states of three layers, 15360 wide, left-padded to 512 by Flux2.extra_conds
+        FLUX2: FamilyBench("flux2", build_flux2, flux2_inputs, (8, 48), text_width=15360, base_tokens=512),
         CHROMA: FamilyBench("chroma", build_chroma, chroma_inputs, (19, 38)),
         # Qwen2.5-VL hidden states, 3584 wide; its tokenizer does not pad (a ~40-word prompt)
         QWEN_IMAGE: FamilyBench(
@@ -152,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks = (*family.blocks(model), 0, 0)[:2]  # (double, single); Qwen-Image has no single blocks
         for size in [int(s) for s in args.sizes.split(",")]:
             gen = torch.Generator().manual_seed(size)
-            latent = torch.randn(1, family.latent_channels, size // 8, size // 8, generator=gen).bfloat16().to(device)
+            side = size // family.vae_scale  # FLUX.2: 1/16 of the picture
+            latent = torch.randn(1, family.latent_channels, side, side, generator=gen).bfloat16().to(device)
             prompt = torch.randn(1, bench.base_tokens, bench.text_width, generator=gen).bfloat16().to(device)
             inputs = bench.inputs(latent, prompt, device)
             configs = {

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 
-def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
+def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True, allow=None):
     """The joint sequence is [region texts | base text (t0) | image | extra]. A dense boolean mask over
     [region texts | image], per the paper's rules, plus plain base attention over [base text | image | extra];
     image rows blended (1 - beta) * regional + beta * base. `masked=False` is the official code's rule for a block
-    outside the chosen set during a control step: the same two attentions and the same blend, without the mask."""
+    outside the chosen set during a control step: the same two attentions and the same blend, without the mask.
+    `allow`: a mask over [region texts | image] to use instead of the hard rules (soft masks: soft_allow)."""
     B, H, L, D = q.shape
     n_txt, n_img = sum(text_lens), hard.shape[1]
     img0 = n_txt + t0
@@ -19,7 +20,7 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
     for i, n in enumerate(text_lens):
         owner += [i] * n
     lr = n_txt + n_img
-    allow = torch.zeros(lr, lr, dtype=torch.bool)
+    given, allow = allow, torch.zeros(lr, lr, dtype=torch.bool)
     for a in range(n_txt):
         for b in range(n_txt):
             allow[a, b] = owner[a] == owner[b]
@@ -30,8 +31,10 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
         for r in range(n_img):
             shared = bool((hard[:, p] & hard[:, r]).any())
             allow[n_txt + p, n_txt + r] = shared or bool(outside[p] and outside[r])
+    if given is not None:
+        allow = given
     if not masked:
-        allow[:] = True
+        allow = torch.ones(lr, lr, dtype=torch.bool)
     regional_idx = torch.cat([torch.arange(n_txt), torch.arange(img0, img0 + n_img)])
     regional = F.scaled_dot_product_attention(
         q[:, :, regional_idx], k[:, :, regional_idx], v[:, :, regional_idx], attn_mask=allow
@@ -44,6 +47,29 @@ def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True):
     out[:, :, img0 : img0 + n_img] = (1 - beta) * regional[:, :, n_txt:] + beta * base[:, :, t0 : t0 + n_img]
     out[:, :, img0 + n_img :] = base[:, :, t0 + n_img :]
     return out.transpose(1, 2).reshape(B, L, H * D)
+
+
+def soft_allow(text_lens, w):
+    """The soft rules written out token by token, as an additive log-weight mask over [region texts | image]:
+    text i <-> text i: 1, across regions 0; text i <-> image p: w_i(p); image p -> image r:
+    max(max_i min(w_i(p), w_i(r)), min(1 - u(p), 1 - u(r))), u = max_i w_i."""
+    owner = [i for i, n in enumerate(text_lens) for _ in range(n)]
+    n_txt, n_img = len(owner), w.shape[1]
+    u = w.max(0).values
+    weight = torch.zeros(n_txt + n_img, n_txt + n_img)
+    for a in range(n_txt + n_img):
+        for b in range(n_txt + n_img):
+            if a < n_txt and b < n_txt:
+                weight[a, b] = float(owner[a] == owner[b])
+            elif a < n_txt:
+                weight[a, b] = w[owner[a], b - n_txt]
+            elif b < n_txt:
+                weight[a, b] = w[owner[b], a - n_txt]
+            else:
+                p, r = a - n_txt, b - n_txt
+                shared = max(min(w[i, p], w[i, r]) for i in range(w.shape[0]))
+                weight[a, b] = max(shared, min(1 - u[p], 1 - u[r]))
+    return torch.log(weight)
 
 
 def rect(h, w, y0, y1, x0, x1):
@@ -69,16 +95,25 @@ def layouts(h, w):
     return disjoint, overlapping
 
 
-def reference_override(plan, beta, double, single, calls):
+def reference_override(plan, beta, double, single, calls, soft=False):
     """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
-    the chosen blocks, unmasked (official rule) in the others."""
+    the chosen blocks, unmasked (official rule) in the others; `soft`: with the plan's soft weights."""
+    allow = soft_allow(plan.text_lens, plan.masks.weights) if soft else None  # the loops once, not per call
 
     def override(func, q, k, v, heads, mask=None, **kwargs):
         opts = kwargs.get("transformer_options") or {}
         chosen = double if opts.get("block_type") == "double" else single
         calls.append(opts.get("block_index"))
         return naive_reference(
-            q, k, v, plan.base_len, plan.text_lens, plan.masks.hard, beta, masked=opts.get("block_index") in chosen
+            q,
+            k,
+            v,
+            plan.base_len,
+            plan.text_lens,
+            plan.masks.hard,
+            beta,
+            masked=opts.get("block_index") in chosen,
+            allow=allow,
         )
 
     return override
