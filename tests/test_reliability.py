@@ -22,7 +22,10 @@ from support import graphs
 pytestmark = pytest.mark.server
 
 SOAK_COUNT = int(os.environ.get("RL_SOAK_COUNT", "100"))
-MAX_RSS_GROWTH = 0.05
+# Of the settled RSS (about 4 GiB: ComfyUI, torch and what the last interrupted prompt still holds): 10 % is far
+# less than one leaked model of the soak (the tiny FLUX alone is 1 GiB), and allocator noise stays under it (+3.7 %
+# measured). Slow leaks show in the long run (RL_SOAK_COUNT=1000, docs/benchmarks.md).
+MAX_RSS_GROWTH = 0.10
 
 
 def pixels(server, result, node_id: str = "save") -> list[np.ndarray]:
@@ -96,10 +99,11 @@ def lsregen(rng: random.Random) -> dict:
 # Soak
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def soak_server(tiny_models):
     # The classic cache (the default up to ComfyUI 0.3.x) keeps only the last prompt's outputs, so RSS growth means
     # a leak; newer ComfyUI (v0.30) defaults to a RAM-pressure cache that keeps earlier outputs on purpose.
+    # Function scope: the server stops right after the soak, so the suite never holds several big servers at once.
     server = start_server(tiny_models, "--cache-classic")
     yield server
     server.cleanup()
@@ -123,6 +127,23 @@ def run_interrupted(server, prompt: dict) -> str:
         time.sleep(0.05)
     server.interrupt(prompt_id)
     return server.wait(prompt_id, timeout=300).status
+
+
+def settled_rss(server, timeout: float = 60.0) -> int:
+    """Server RSS once everything is released: models unloaded, cache emptied, garbage collected.
+
+    ComfyUI collects garbage at most every 10 s, so RSS right after a prompt depends on timing (whole unloaded models
+    can still be waiting in reference cycles). `/free` empties the cache and forces the collection; RSS is read once
+    it stops moving."""
+    server.free(unload_models=True, free_memory=True)
+    deadline, readings = time.monotonic() + timeout, [server.rss_bytes()]
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        readings.append(server.rss_bytes())
+        last = readings[-4:]
+        if len(last) == 4 and max(last) - min(last) <= 0.005 * max(last):
+            break
+    return readings[-1]
 
 
 def soak_schedule(count: int) -> list[str]:
@@ -164,11 +185,14 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
         "editor": lambda: editor_layout(rng),
         "lsregen": lambda: lsregen(rng),
     }
-    # Warm-up: one cycle, so every model has been loaded before the memory baseline.
+    # Warm-up: one whole cycle, interrupts included, so every model has been loaded and every kind of prompt has
+    # left what it leaves (the last prompt's outputs, the last error) before the memory baseline.
     for kind in soak_schedule(20):
-        if kind != "interrupt":
+        if kind == "interrupt":
+            assert run_interrupted(server, regional_flux(rng, steps=20)) == "interrupted"
+        else:
             run_ok(server, makers[kind](), timeout=600)
-    baseline = server.rss_bytes()
+    baseline = settled_rss(server)
     started, counts = time.monotonic(), {kind: 0 for kind in [*makers, "interrupt"]}
     for i, kind in enumerate(soak_schedule(SOAK_COUNT)):
         counts[kind] += 1
@@ -180,11 +204,11 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
         if kind == "plain":
             assert "sampler" in result.executed_nodes, "the plain prompt came from the cache: it tests nothing"
             assert np.array_equal(pixels(server, result)[0], reference), f"prompt {i}: plain FLUX changed"
-    final = server.rss_bytes()
+    final = settled_rss(server)
     growth = (final - baseline) / baseline
     print(
-        f"\nsoak: {SOAK_COUNT} prompts {counts} in {time.monotonic() - started:.0f} s; server RSS after warm-up "
-        f"{baseline / 2**30:.2f} GiB, at the end {final / 2**30:.2f} GiB ({growth:+.1%})"
+        f"\nsoak: {SOAK_COUNT} prompts {counts} in {time.monotonic() - started:.0f} s; server RSS with everything "
+        f"released, after warm-up {baseline / 2**30:.2f} GiB, at the end {final / 2**30:.2f} GiB ({growth:+.1%})"
     )
     assert counts["plain"] >= SOAK_COUNT // 10
     assert growth < MAX_RSS_GROWTH
@@ -195,57 +219,58 @@ def test_soak_mixed_queue_leaves_nothing_behind(soak_server):
 # Two clients, forced unloading (a server without a cache: every prompt really runs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def uncached_server(tiny_models):
+    # Class scope: the server stops when these tests end, not with the module.
     server = start_server(tiny_models, "--cache-none")
     yield server
     server.cleanup()
 
 
-def test_two_clients_interleaved_match_sequential_runs(uncached_server):
-    server = uncached_server
-    rng = random.Random(3)
-    prompts = {name: [regional_flux(rng) for _ in range(3)] for name in ("a", "b")}
-    sequential = {name: [pixels(server, run_ok(server, p))[0] for p in ps] for name, ps in prompts.items()}
+class TestUncachedServer:
+    def test_two_clients_interleaved_match_sequential_runs(self, uncached_server):
+        server = uncached_server
+        rng = random.Random(3)
+        prompts = {name: [regional_flux(rng) for _ in range(3)] for name in ("a", "b")}
+        sequential = {name: [pixels(server, run_ok(server, p))[0] for p in ps] for name, ps in prompts.items()}
 
-    results: dict[str, list] = {}
-    errors: list[BaseException] = []
+        results: dict[str, list] = {}
+        errors: list[BaseException] = []
 
-    def client_run(name: str) -> None:
-        client = server.new_client()
-        try:
-            ids = [client.queue(p) for p in prompts[name]]  # both clients queue at once, so the queue interleaves
-            results[name] = [client.wait(i, timeout=600) for i in ids]
-        except BaseException as err:  # reported by the main thread
-            errors.append(err)
-        finally:
-            client.stop()
+        def client_run(name: str) -> None:
+            client = server.new_client()
+            try:
+                ids = [client.queue(p) for p in prompts[name]]  # both clients queue at once, so the queue interleaves
+                results[name] = [client.wait(i, timeout=600) for i in ids]
+            except BaseException as err:  # reported by the main thread
+                errors.append(err)
+            finally:
+                client.stop()
 
-    threads = [threading.Thread(target=client_run, args=(n,)) for n in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for name in prompts:
-        for expected, result in zip(sequential[name], results[name]):
-            assert result.status == "success", result.error
-            assert np.array_equal(pixels(server, result)[0], expected)
+        threads = [threading.Thread(target=client_run, args=(n,)) for n in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for name in prompts:
+            for expected, result in zip(sequential[name], results[name]):
+                assert result.status == "success", result.error
+                assert np.array_equal(pixels(server, result)[0], expected)
 
-
-@pytest.mark.parametrize(
-    "make",
-    [lambda: regional_flux(random.Random(5)), lambda: lsregen(random.Random(5))],
-    ids=["regional_flux", "lsregen"],
-)
-def test_unloading_models_between_prompts_changes_nothing(uncached_server, make):
-    server = uncached_server
-    first = pixels(server, run_ok(server, make()))
-    server.free(unload_models=True, free_memory=True)
-    second = pixels(server, run_ok(server, make()))
-    assert len(first) == len(second) > 0
-    for a, b in zip(first, second):
-        assert np.array_equal(a, b)
+    @pytest.mark.parametrize(
+        "make",
+        [lambda: regional_flux(random.Random(5)), lambda: lsregen(random.Random(5))],
+        ids=["regional_flux", "lsregen"],
+    )
+    def test_unloading_models_between_prompts_changes_nothing(self, uncached_server, make):
+        server = uncached_server
+        first = pixels(server, run_ok(server, make()))
+        server.free(unload_models=True, free_memory=True)
+        second = pixels(server, run_ok(server, make()))
+        assert len(first) == len(second) > 0
+        for a, b in zip(first, second):
+            assert np.array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------------------
