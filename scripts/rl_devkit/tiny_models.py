@@ -430,9 +430,7 @@ def small_flux2(
         "depth": depth,
         "depth_single_blocks": depth_single_blocks,
     }
-    model = Flux(
-        **flux2_params(config), dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast
-    )
+    model = Flux(**flux2_params(config), dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     return seeded(model, seed)
 
 
