@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import CHROMA
-from support.regional_reference import layouts, reference_override
+from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (odd, padded like FLUX), token grid 6 x 8
 CTX = 64
@@ -21,16 +21,8 @@ def chroma():
     return small_chroma(depth=2, depth_single_blocks=2, seed=5)
 
 
-def regional_cond(lengths, *, seed=0, background=False, overlap=False):
-    from regional_layout.attention_patches.regional_cond import RegionalConditioning
-    from regional_layout.layout.regions import Region, RegionLayout
-
-    masks = layouts(HEIGHT, WIDTH)[overlap][: len(lengths)]
-    gen = torch.Generator().manual_seed(seed)
-    embeds = tuple(torch.randn(1, n, CTX, generator=gen) for n in lengths)
-    bg = torch.randn(1, 3, CTX, generator=torch.Generator().manual_seed(99)) if background else None
-    regions = tuple(Region(f"region {i}", m) for i, m in enumerate(masks))
-    return RegionalConditioning(RegionLayout(WIDTH, HEIGHT, regions, "base", "bg" if background else ""), embeds, bg)
+def regional_cond(lengths, **kwargs):
+    return random_regional_cond(WIDTH, HEIGHT, CTX, lengths, **kwargs)
 
 
 def wrapper_for(cond, **options):

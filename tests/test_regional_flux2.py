@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import FLUX2
-from support.regional_reference import layouts, reference_override
+from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 120, 200  # pixels, not multiples of 16: EmptyFlux2LatentImage gives a 7 x 12 latent (16 px each)
 LATENT = (HEIGHT // 16, WIDTH // 16)  # patch size 1: one token per latent pixel, token grid 7 x 12
@@ -40,21 +40,8 @@ def left_padded(real: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(real, (0, 0, PAD - real.shape[1], 0))
 
 
-def regional_cond(lengths, *, seed=0, background=False, overlap=False, order=None):
-    from regional_layout.attention_patches.regional_cond import RegionalConditioning
-    from regional_layout.layout.regions import Region, RegionLayout
-
-    masks = layouts(HEIGHT, WIDTH)[overlap][: len(lengths)]
-    gen = torch.Generator().manual_seed(seed)
-    embeds = [torch.randn(1, n, CTX, generator=gen) for n in lengths]
-    bg = torch.randn(1, 3, CTX, generator=torch.Generator().manual_seed(99)) if background else None
-    regions = [Region(f"region {i}", m) for i, m in enumerate(masks)]
-    order = order or range(len(lengths))
-    return RegionalConditioning(
-        RegionLayout(WIDTH, HEIGHT, tuple(regions[i] for i in order), "base", "bg" if background else ""),
-        tuple(embeds[i] for i in order),
-        bg,
-    )
+def regional_cond(lengths, **kwargs):
+    return random_regional_cond(WIDTH, HEIGHT, CTX, lengths, **kwargs)
 
 
 def wrapper_for(cond, family=FLUX2, **options):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import QWEN_IMAGE
-from support.regional_reference import layouts, reference_override
+from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (odd, padded), token grid 6 x 8
 CTX = 64
@@ -27,21 +27,8 @@ def qwen():
     return small_qwen_image(depth=DEPTH, seed=6)
 
 
-def regional_cond(lengths, *, seed=0, background=False, overlap=False, order=None):
-    from regional_layout.attention_patches.regional_cond import RegionalConditioning
-    from regional_layout.layout.regions import Region, RegionLayout
-
-    masks = layouts(HEIGHT, WIDTH)[overlap][: len(lengths)]
-    gen = torch.Generator().manual_seed(seed)
-    embeds = [torch.randn(1, n, CTX, generator=gen) for n in lengths]
-    bg = torch.randn(1, 3, CTX, generator=torch.Generator().manual_seed(99)) if background else None
-    regions = [Region(f"region {i}", m) for i, m in enumerate(masks)]
-    order = order or range(len(lengths))
-    return RegionalConditioning(
-        RegionLayout(WIDTH, HEIGHT, tuple(regions[i] for i in order), "base", "bg" if background else ""),
-        tuple(embeds[i] for i in order),
-        bg,
-    )
+def regional_cond(lengths, **kwargs):
+    return random_regional_cond(WIDTH, HEIGHT, CTX, lengths, **kwargs)
 
 
 def wrapper_for(cond, family=QWEN_IMAGE, **options):

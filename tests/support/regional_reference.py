@@ -95,6 +95,25 @@ def layouts(h, w):
     return disjoint, overlapping
 
 
+def random_regional_cond(width, height, ctx, lengths, *, seed=0, background=False, overlap=False, order=None):
+    """Regional conditioning over `layouts` masks with seeded random text embeddings ([1, n, ctx] for each n in
+    `lengths`; the background 3 tokens); `order` lists the regions (and their embeddings) in another order."""
+    from regional_layout.attention_patches.regional_cond import RegionalConditioning
+    from regional_layout.layout.regions import Region, RegionLayout
+
+    masks = layouts(height, width)[overlap][: len(lengths)]
+    gen = torch.Generator().manual_seed(seed)
+    embeds = [torch.randn(1, n, ctx, generator=gen) for n in lengths]
+    bg = torch.randn(1, 3, ctx, generator=torch.Generator().manual_seed(99)) if background else None
+    regions = [Region(f"region {i}", m) for i, m in enumerate(masks)]
+    order = order or range(len(lengths))
+    return RegionalConditioning(
+        RegionLayout(width, height, tuple(regions[i] for i in order), "base", "bg" if background else ""),
+        tuple(embeds[i] for i in order),
+        bg,
+    )
+
+
 def reference_override(plan, beta, double, single, calls, soft=False):
     """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
     the chosen blocks, unmasked (official rule) in the others; `soft`: with the plan's soft weights."""
