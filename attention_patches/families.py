@@ -140,6 +140,7 @@ FLUX2 = ModelFamily(
     text_positions="sequential",
     text_pad_left_to=512,
     vae_scale=16,
+    lora_streams=FLUX_LORA_STREAMS,  # FLUX.1's layer names; the global modulations act per sample
 )
 
 FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2)}

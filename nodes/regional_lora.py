@@ -209,7 +209,7 @@ class RegionalLora(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=folder_paths.get_filename_list("loras"),
-                    tooltip="A FLUX.1, Chroma or Qwen-Image LoRA from ComfyUI's loras folder (any "
+                    tooltip="A FLUX.1, Chroma, FLUX.2 or Qwen-Image LoRA from ComfyUI's loras folder (any "
                     "format LoraLoader reads for this model).",
                 ),
                 io.Float.Input(

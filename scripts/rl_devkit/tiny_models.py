@@ -434,6 +434,30 @@ def small_flux2(
     return seeded(model, seed)
 
 
+def small_flux2_model(seed: int = 0, **kwargs):
+    """ComfyUI's Flux2 BaseModel (what UNETLoader hands LoraLoader: its class and config drive
+    comfy.lora.model_lora_keys_unet) holding `small_flux2(seed=seed, **kwargs)`."""
+    import torch
+    import comfy.model_base
+    import comfy.supported_models
+
+    diffusion_model = small_flux2(seed=seed, **kwargs)
+    params = diffusion_model.params
+    unet_config = {
+        **FLUX2_DIT,
+        "hidden_size": params.hidden_size,
+        "num_heads": params.num_heads,
+        "depth": params.depth,
+        "depth_single_blocks": params.depth_single_blocks,
+        "context_in_dim": params.context_in_dim,
+        "axes_dim": list(params.axes_dim),
+        "disable_unet_model_creation": True,
+    }
+    model = comfy.model_base.Flux2(comfy.supported_models.Flux2(unet_config), device=torch.device("cpu"))
+    model.diffusion_model = diffusion_model
+    return model
+
+
 def flux_axes_dim(head_dim: int) -> list[int]:
     """FLUX.1's RoPE split of a head ([16, 56, 56] for 128) scaled to `head_dim`; every part must be even."""
     first = head_dim // 8
