@@ -182,10 +182,16 @@ class RegionalFluxWrapper:
         channels = img_in.shape[1] // per_token if img_in is not None else family.latent_channels  # Fill/Canny
         frames = x.shape[2] if family.latent_dims == 3 and x.ndim == 5 else 1  # Qwen-Image: [B, C, 1, H, W]
         if x.ndim != 2 + family.latent_dims or x.shape[1] != channels or frames != 1:  # concat channels
+            one_frame = " one-frame" if family.latent_dims == 3 else ""
+            needs = f"a {family.latent_channels}-channel{one_frame} latent (use {family.latent_hint} or encode with the {family.name} VAE)"
+            if channels != family.latent_channels:  # Fill / Canny / Depth: the rest comes from the conditioning
+                needs = (
+                    f"{channels} input channels: {needs} and {channels - family.latent_channels} channels its "
+                    "conditioning concatenates (FLUX.1 Fill: InpaintModelConditioning; Canny/Depth: "
+                    "InstructPixToPixConditioning)"
+                )
             raise ValueError(
-                f"Regional FLUX: the latent has shape {tuple(x.shape)}; {family.name} needs a "
-                f"{family.latent_channels}-channel{' one-frame' if family.latent_dims == 3 else ''} latent (use {family.latent_hint} or encode with "
-                f"the {family.name} VAE)"
+                f"Regional FLUX: the latent has shape {tuple(x.shape)}; this {family.name} model needs {needs}"
             )
         if context.shape[-1] != self.cond.width:
             raise ValueError(

@@ -256,10 +256,13 @@ def small_flux(
     context_in_dim: int = 64,
     vec_in_dim: int = 32,
     axes_dim: list[int] | None = None,
+    in_channels: int = 16,
 ) -> Flux:
     """A small FLUX built from ComfyUI's own class with seeded random weights, for fast unit tests.
 
-    Latents have 16 channels in 2x2 patches (64 inputs per token) like FLUX.1; `dtype` defaults to float32.
+    Latents have 16 channels in 2x2 patches (64 inputs per token) like FLUX.1; `in_channels` adds the channels
+    FLUX.1 Fill (96: + masked image + mask) or Canny/Depth (32: + control latent) concatenate to the latent before
+    the model; `dtype` defaults to float32.
     `axes_dim` (the RoPE split of one head) must sum to hidden_size / num_heads; the default scales FLUX.1's
     [16, 56, 56] (e.g. [8, 28, 28] for head dim 64).
     """
@@ -269,9 +272,9 @@ def small_flux(
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    model = Flux(
+    config = dict(
         image_model="flux",
-        in_channels=16,
+        in_channels=in_channels,
         out_channels=16,
         patch_size=2,
         vec_in_dim=vec_in_dim,
@@ -285,10 +288,11 @@ def small_flux(
         theta=10000,
         qkv_bias=True,
         guidance_embed=guidance_embed,
-        dtype=dtype or torch.float32,
-        device="cpu",
-        operations=comfy.ops.manual_cast,
-    )  # manual_cast: any input dtype works
+    )
+    # manual_cast: any input dtype works
+    model = Flux(
+        **flux_params(config, []), dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast
+    )
     return seeded(model, seed)
 
 
@@ -391,14 +395,18 @@ def small_qwen_image_model(seed: int = 0, **kwargs):
     return model
 
 
-def flux2_params(config: dict) -> dict:
-    """A FLUX.2 config for this host's Flux class: v0.30 needs txt_ids_dims ([3]: text positions on the last
-    axis), 0.3.76 has no such field (it puts them there for every 4-axis model)."""
+def flux_params(config: dict, txt_ids_dims: list[int]) -> dict:
+    """A Flux config for this host's Flux class: v0.30 needs txt_ids_dims (the RoPE axes holding text positions:
+    FLUX.1 none, FLUX.2 [3]), 0.3.76 has no such field (it puts them on the last axis of every 4-axis model)."""
     from comfy.ldm.flux.model import FluxParams
 
     if "txt_ids_dims" in FluxParams.__dataclass_fields__:
-        return {"txt_ids_dims": [3], **config}
+        return {"txt_ids_dims": txt_ids_dims, **config}
     return dict(config)
+
+
+def flux2_params(config: dict) -> dict:
+    return flux_params(config, [3])
 
 
 def small_flux2(
