@@ -71,10 +71,13 @@ class ModelFamily:
 
 
 # FLUX.1 and Chroma (the same block names): double blocks with an image and a text stream, single blocks on the
-# joint sequence.
+# joint sequence; Ovis-Image's gated MLP names its layers gate_proj / up_proj / down_proj.
 FLUX_LORA_STREAMS = (
-    ("img", r"double_blocks\.\d+\.img_(attn\.(qkv|proj)|mlp\.\d+)|img_in|final_layer\.linear"),
-    ("txt", r"double_blocks\.\d+\.txt_(attn\.(qkv|proj)|mlp\.\d+)|txt_in"),
+    (
+        "img",
+        r"double_blocks\.\d+\.img_(attn\.(qkv|proj)|mlp\.(\d+|gate_proj|up_proj|down_proj))|img_in|final_layer\.linear",
+    ),
+    ("txt", r"double_blocks\.\d+\.txt_(attn\.(qkv|proj)|mlp\.(\d+|gate_proj|up_proj|down_proj))|txt_in"),
     ("joint", r"single_blocks\.\d+\.linear[12]"),
 )
 # Qwen-Image: double-stream blocks only, each stream with its own projections (image: to_q/to_k/to_v, to_out.0,
@@ -101,6 +104,21 @@ CHROMA = ModelFamily(
     ("x", "timestep", "context", "guidance", "control"),
     latent_channels=16,
     text_encoder_hint="CLIPLoader, type chroma (T5-XXL)",
+    lora_streams=FLUX_LORA_STREAMS,
+)
+
+# LongCat-Image (and Ovis-Image), on newer hosts only: FLUX.1's Flux class fed by a Qwen2.5-VL (Ovis: Qwen3)
+# encoder, no pooled vector, and text token j at RoPE position j on two axes (params.txt_ids_dims = [1, 2]; the image
+# grid is shifted by the base prompt's length through rope_options), so the region texts are re-based like
+# Qwen-Image's (text_positions.py).
+LONGCAT_IMAGE = ModelFamily(
+    "longcat_image",
+    "LongCat-Image / Ovis-Image",
+    FLUX1.forward_args,
+    latent_channels=16,
+    reference_tokens=True,
+    text_positions="sequential",
+    text_encoder_hint="CLIPLoader, type longcat_image (Qwen2.5-VL 7B) or ovis",
     lora_streams=FLUX_LORA_STREAMS,
 )
 
@@ -143,4 +161,4 @@ FLUX2 = ModelFamily(
     lora_streams=FLUX_LORA_STREAMS,  # FLUX.1's layer names; the global modulations act per sample
 )
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2)}
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE)}

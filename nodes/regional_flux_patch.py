@@ -1,9 +1,9 @@
-"""Patch a FLUX.1, Chroma, Qwen-Image or FLUX.2 model for regional prompting (region-aware attention in the chosen
+"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2 or LongCat-Image model for regional prompting (region-aware attention in the chosen
 blocks and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, QWEN_IMAGE, ModelFamily
+from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, LONGCAT_IMAGE, QWEN_IMAGE, ModelFamily
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
 from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
@@ -17,7 +17,9 @@ def model_family(model) -> tuple[ModelFamily, object]:
 
     diffusion_model = model.get_model_object("diffusion_model")
     if type(diffusion_model) is Flux and len(diffusion_model.params.axes_dim) == 3:  # FLUX.2 has 4 RoPE axes
-        return FLUX1, diffusion_model
+        # LongCat-Image / Ovis-Image (newer hosts): FLUX.1's class with text positions counted on some axes
+        sequential_text = getattr(diffusion_model.params, "txt_ids_dims", None)
+        return (LONGCAT_IMAGE if sequential_text else FLUX1), diffusion_model
     if type(diffusion_model) is Flux and len(diffusion_model.params.axes_dim) == 4:  # FLUX.2 (dev, klein)
         return FLUX2, diffusion_model
     if type(diffusion_model) is Chroma:  # not Chroma Radiance (pixel space)
@@ -67,8 +69,8 @@ class RegionalFluxPatch(io.ComfyNode):
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="A FLUX.1 (dev, schnell, Krea-dev), Chroma, Qwen-Image or FLUX.2 model "
-                    "(LoRAs may be applied before).",
+                    tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2 or "
+                    "LongCat-Image model (LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input(

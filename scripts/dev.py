@@ -32,7 +32,8 @@ BOOTSTRAPPED = "RL_BOOTSTRAPPED"
 HOSTS_DIR = Path(os.environ.get("RL_HOSTS_DIR", REPO.parent / "shared" / "hosts")).resolve()
 V030_HOST = REPO / ".comfyui-v0.30"
 V030_VENV = REPO / ".venv-v0.30"
-NEWER_HOST_TESTS = "server or browser"  # the tests that start ComfyUI itself (markers in pyproject.toml)
+# the tests that start ComfyUI itself, and those of families only newer hosts have (markers in pyproject.toml)
+NEWER_HOST_TESTS = "server or browser or newer_host"
 
 sys.path.insert(0, str(SCRIPTS))
 from rl_devkit import host  # noqa: E402  (standard library only)

@@ -64,11 +64,41 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"{NO_HOST}; or run only the pure tests: python3 -m pytest -m pure")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A pure test must not ask for the host: catch a wrong mark at collection, not on a machine without ComfyUI."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A pure test must not ask for the host: catch a wrong mark at collection, not on a machine without ComfyUI.
+    Tests of a family this host does not have (`newer_host`) are deselected, and the summary says so."""
     for item in items:
         if item.get_closest_marker("pure") and "comfyui" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} is marked pure but uses the ComfyUI host")
+    missing = {}
+    for item in items:
+        marker = item.get_closest_marker("newer_host")
+        if marker is not None and not _host_has(marker.args[0]):
+            missing.setdefault(marker.args[0], []).append(item)
+    if missing:
+        deselected = [item for group in missing.values() for item in group]
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
+        config._rl_newer_host = {needs: len(group) for needs, group in missing.items()}
+
+
+def _host_has(needs: str) -> bool:
+    """Whether this ComfyUI has `module:attribute` (e.g. comfy.model_base:LongCatImage)."""
+    import importlib
+
+    module, _, attribute = needs.partition(":")
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    for needs, count in getattr(config, "_rl_newer_host", {}).items():
+        terminalreporter.write_line(
+            f"{count} tests not run: this ComfyUI has no {needs} (a newer host's family; "
+            "`python3 scripts/dev.py test --all-hosts` runs them on v0.30)"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -254,15 +254,17 @@ def small_flux(
     dtype: torch.dtype | None = None,
     *,
     context_in_dim: int = 64,
-    vec_in_dim: int = 32,
+    vec_in_dim: int | None = 32,
     axes_dim: list[int] | None = None,
     in_channels: int = 16,
+    txt_ids_dims: list[int] | None = None,
 ) -> Flux:
     """A small FLUX built from ComfyUI's own class with seeded random weights, for fast unit tests.
 
     Latents have 16 channels in 2x2 patches (64 inputs per token) like FLUX.1; `in_channels` adds the channels
     FLUX.1 Fill (96: + masked image + mask) or Canny/Depth (32: + control latent) concatenate to the latent before
-    the model; `dtype` defaults to float32.
+    the model; `txt_ids_dims` ([1, 2]: LongCat-Image, newer hosts only) counts text positions on those RoPE axes;
+    `vec_in_dim` None drops the pooled vector (LongCat-Image); `dtype` defaults to float32.
     `axes_dim` (the RoPE split of one head) must sum to hidden_size / num_heads; the default scales FLUX.1's
     [16, 56, 56] (e.g. [8, 28, 28] for head dim 64).
     """
@@ -290,9 +292,10 @@ def small_flux(
         guidance_embed=guidance_embed,
     )
     # manual_cast: any input dtype works
-    model = Flux(
-        **flux_params(config, []), dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast
-    )
+    config = flux_params(config, list(txt_ids_dims or []))
+    if txt_ids_dims and "txt_ids_dims" not in config:
+        raise ValueError("this ComfyUI's Flux class has no txt_ids_dims (LongCat-Image needs a newer host)")
+    model = Flux(**config, dtype=dtype or torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     return seeded(model, seed)
 
 
