@@ -7,7 +7,7 @@ custom_nodes) and `.cache/tiny_models/` (small random-weight models of the real 
 With COMFYUI_PATH=/path/to/ComfyUI it uses that ComfyUI and the Python running this script instead.
 `test --host v0.30` runs on upstream ComfyUI v0.30.0 instead, unpacked from ../shared/hosts into `.comfyui-v0.30/`
 with its own `.venv-v0.30/` (torch 2.11); `test --all-hosts` runs the whole suite on the floor host, then every
-test that starts a server or a browser (`-m "server or browser"`) on v0.30.0 where ../shared/hosts has it.
+test that starts a server or a browser, and those of newer hosts' families (`-m "server or browser or newer_host"`), on v0.30.0 where ../shared/hosts has it.
 """
 
 from __future__ import annotations
