@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import CHROMA
+from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (odd, padded like FLUX), token grid 6 x 8
@@ -26,10 +27,7 @@ def regional_cond(lengths, **kwargs):
 
 
 def wrapper_for(cond, **options):
-    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
-
-    defaults = dict(beta=0.0, control_steps=2, double_blocks=frozenset({0, 1}), single_blocks=frozenset({0, 1}))
-    return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}), CHROMA)
+    return family_checks.regional_wrapper(cond, CHROMA, 2, **options)
 
 
 def inputs(batch=1, seed=0):
@@ -43,27 +41,14 @@ def inputs(batch=1, seed=0):
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, **x):
-    from regional_layout.attention_patches.flux_patch import PATCH_KEY
-
-    opts = {
-        "cond_or_uncond": list(cond_or_uncond),
-        "sigmas": torch.tensor([0.7]),
-        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
-    }
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
-    if override is not None:
-        opts["optimized_attention_override"] = override
+    opts = family_checks.step_options(wrapper, cond_or_uncond, override)
     with torch.no_grad():
         return model(x["x"], x["timestep"], x["context"], x["guidance"], transformer_options=opts)
 
 
 def region_pixels(wrapper, index):
     """The latent pixels of region `index`'s tokens (2x2 latent pixels per token, cut to the odd latent)."""
-    plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, 7)
-    rows, cols = plan.masks.grid
-    inside = plan.masks.hard[index].view(rows, cols).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    return inside[: HEIGHT // 8, : WIDTH // 8]
+    return family_checks.region_pixels(wrapper, index, (HEIGHT // 8, WIDTH // 8), 7, patch=2)
 
 
 @pytest.mark.parametrize("changed", [0, 1])
@@ -72,11 +57,8 @@ def test_region_isolation(chroma, changed):
     bit-identical and changes its own."""
     x = inputs()
     lengths = [4, 6]
-    first, second = regional_cond(lengths, seed=1), regional_cond(lengths, seed=1)
-    other = regional_cond(lengths, seed=2)
-    embeds = list(second.embeds)
-    embeds[changed] = other.embeds[changed]
-    second = type(second)(second.layout, tuple(embeds), second.background)
+    first = regional_cond(lengths, seed=1)
+    second = family_checks.with_region_embedding(first, regional_cond(lengths, seed=2), changed)
     a, b = run(chroma, wrapper_for(first), **x), run(chroma, wrapper_for(second), **x)
     kept, own = region_pixels(wrapper_for(first), 1 - changed), region_pixels(wrapper_for(first), changed)
     assert torch.equal(a[..., kept], b[..., kept])
@@ -129,8 +111,5 @@ def test_matches_the_naive_reference(chroma, double, single, overlap):
 def test_the_model_is_untouched(chroma):
     """A regional call changes no weight, and the plain model gives the same result before and after it."""
     x = inputs()
-    weights = {k: v.clone() for k, v in chroma.state_dict().items()}
-    plain = run(chroma, **x)
-    run(chroma, wrapper_for(regional_cond([3, 5], background=True)), **x)
-    assert torch.equal(run(chroma, **x), plain)
-    assert all(torch.equal(v, weights[k]) for k, v in chroma.state_dict().items())
+    regional = wrapper_for(regional_cond([3, 5], background=True))
+    family_checks.assert_untouched(chroma, lambda: run(chroma, **x), lambda: run(chroma, regional, **x))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from regional_layout.attention_patches.families import FLUX1
+from support.family_checks import assert_untouched, region_pixels, regional_wrapper, step_options, with_region_embedding
 from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (FLUX pads it), token grid 6 x 8
@@ -37,11 +39,7 @@ def regional_cond(lengths, **kwargs):
 
 
 def wrapper_for(cond, **options):
-    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
-
-    blocks = frozenset(range(DEPTH))
-    defaults = dict(beta=0.0, control_steps=2, double_blocks=blocks, single_blocks=blocks)
-    return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}))
+    return regional_wrapper(cond, FLUX1, DEPTH, **options)
 
 
 def inputs(name, batch=1, seed=0):
@@ -65,28 +63,11 @@ def n_ref(name):
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, **x):
-    from regional_layout.attention_patches.flux_patch import PATCH_KEY
-
-    opts = {
-        "cond_or_uncond": list(cond_or_uncond),
-        "sigmas": torch.tensor([0.7]),
-        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
-    }
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
-    if override is not None:
-        opts["optimized_attention_override"] = override
+    opts = step_options(wrapper, cond_or_uncond, override)
     with torch.no_grad():
         return model(
             x["x"], x["timestep"], x["context"], x["y"], x["guidance"], x.get("ref_latents"), transformer_options=opts
         )
-
-
-def region_pixels(wrapper, index):
-    """The latent pixels (of the 16 output channels) that region `index`'s tokens cover: 2 x 2 per token."""
-    plan = wrapper.plan(*LATENT, BASE_LEN)
-    grid = plan.masks.hard[index].view(*plan.masks.grid)
-    return grid.repeat_interleave(2, 0).repeat_interleave(2, 1)[: LATENT[0], : LATENT[1]]
 
 
 @pytest.mark.parametrize("changed", [0, 1])
@@ -95,13 +76,11 @@ def test_region_isolation(variant, changed):
     bit-identical and changes its own."""
     name, model = variant
     x = inputs(name)
-    first, other = regional_cond([4, 6], seed=1), regional_cond([4, 6], seed=2)
-    embeds = list(first.embeds)
-    embeds[changed] = other.embeds[changed]
-    second = type(first)(first.layout, tuple(embeds), first.background)
+    first = regional_cond([4, 6], seed=1)
+    second = with_region_embedding(first, regional_cond([4, 6], seed=2), changed)
     a, b = run(model, wrapper_for(first), **x), run(model, wrapper_for(second), **x)
     assert a.shape == (1, 16, *LATENT)
-    kept, own = region_pixels(wrapper_for(first), 1 - changed), region_pixels(wrapper_for(first), changed)
+    kept, own = (region_pixels(wrapper_for(first), i, LATENT, BASE_LEN) for i in (1 - changed, changed))
     assert kept.any() and own.any()
     assert torch.equal(a[..., kept], b[..., kept])
     assert not torch.equal(a[..., own], b[..., own])
@@ -161,11 +140,7 @@ def test_matches_the_naive_reference(variant, double, single, masks):
 def test_the_model_is_untouched(variant):
     name, model = variant
     x = inputs(name)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    plain = run(model, **x)
-    run(model, wrapper_for(regional_cond([3, 5], background=True)), **x)
-    assert torch.equal(run(model, **x), plain)
-    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert_untouched(model, lambda: run(model, **x), lambda: run(model, wrapper_for(regional_cond([3, 5])), **x))
 
 
 @pytest.mark.parametrize("name", ["fill", "canny-depth"])

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import FLUX2
+from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 120, 200  # pixels, not multiples of 16: EmptyFlux2LatentImage gives a 7 x 12 latent (16 px each)
@@ -45,11 +46,7 @@ def regional_cond(lengths, **kwargs):
 
 
 def wrapper_for(cond, family=FLUX2, **options):
-    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
-
-    blocks = frozenset(range(DEPTH))
-    defaults = dict(beta=0.0, control_steps=2, double_blocks=blocks, single_blocks=blocks)
-    return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}), family)
+    return family_checks.regional_wrapper(cond, family, DEPTH, **options)
 
 
 def inputs(batch=1, seed=0, refs=False):
@@ -66,19 +63,7 @@ def inputs(batch=1, seed=0, refs=False):
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, patches_replace=None, **x):
-    from regional_layout.attention_patches.flux_patch import PATCH_KEY
-
-    opts = {
-        "cond_or_uncond": list(cond_or_uncond),
-        "sigmas": torch.tensor([0.7]),
-        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
-    }
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
-    if override is not None:
-        opts["optimized_attention_override"] = override
-    if patches_replace is not None:
-        opts["patches_replace"] = patches_replace
+    opts = family_checks.step_options(wrapper, cond_or_uncond, override, patches_replace)
     with torch.no_grad():
         return model(
             x["x"], x["timestep"], x["context"], None, x["guidance"], x.get("ref_latents"), transformer_options=opts
@@ -87,8 +72,7 @@ def run(model, wrapper=None, cond_or_uncond=(0,), override=None, patches_replace
 
 def region_pixels(wrapper, index):
     """The latent pixels of region `index`'s tokens (patch size 1: one token per latent pixel)."""
-    plan = wrapper.plan(*LATENT, PAD)
-    return plan.masks.hard[index].view(*plan.masks.grid)
+    return family_checks.region_pixels(wrapper, index, LATENT, PAD, patch=1)
 
 
 def own_positions_from_scratch(model, x, text_lens, base_len, ref_latents=None):
@@ -135,11 +119,8 @@ def test_region_isolation(flux2, changed, refs):
     bit-identical and changes its own (also with a reference latent's tokens after the image)."""
     x = inputs(refs=refs)
     lengths = [4, 6]
-    first, second = regional_cond(lengths, seed=1), regional_cond(lengths, seed=1)
-    other = regional_cond(lengths, seed=2)
-    embeds = list(second.embeds)
-    embeds[changed] = other.embeds[changed]
-    second = type(second)(second.layout, tuple(embeds), second.background)
+    first = regional_cond(lengths, seed=1)
+    second = family_checks.with_region_embedding(first, regional_cond(lengths, seed=2), changed)
     a, b = run(flux2, wrapper_for(first), **x), run(flux2, wrapper_for(second), **x)
     kept, own = region_pixels(wrapper_for(first), 1 - changed), region_pixels(wrapper_for(first), changed)
     assert kept.any() and own.any()
@@ -223,11 +204,8 @@ def test_matches_the_naive_reference(flux2, double, single, masks, refs):
 def test_the_model_is_untouched(flux2):
     """A regional call changes no weight, and the plain model gives the same result before and after it."""
     x = inputs()
-    weights = {k: v.clone() for k, v in flux2.state_dict().items()}
-    plain = run(flux2, **x)
-    run(flux2, wrapper_for(regional_cond([3, 5], background=True)), **x)
-    assert torch.equal(run(flux2, **x), plain)
-    assert all(torch.equal(v, weights[k]) for k, v in flux2.state_dict().items())
+    regional = wrapper_for(regional_cond([3, 5], background=True))
+    family_checks.assert_untouched(flux2, lambda: run(flux2, **x), lambda: run(flux2, regional, **x))
 
 
 def test_a_latent_of_another_family_is_refused(flux2):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import LONGCAT_IMAGE
+from support.family_checks import assert_untouched, region_pixels, regional_wrapper, step_options, with_region_embedding
 from support.regional_reference import random_regional_cond, reference_override
 
 pytestmark = pytest.mark.newer_host("comfy.model_base:LongCatImage")
@@ -43,11 +44,7 @@ def regional_cond(lengths, **kwargs):
 
 
 def wrapper_for(cond, family=LONGCAT_IMAGE, **options):
-    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
-
-    blocks = frozenset(range(DEPTH))
-    defaults = dict(beta=0.0, control_steps=2, double_blocks=blocks, single_blocks=blocks)
-    return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}), family)
+    return regional_wrapper(cond, family, DEPTH, **options)
 
 
 def inputs(batch=1, seed=0, refs=False):
@@ -68,29 +65,9 @@ def rope_options(base_len=BASE_LEN):
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, patches_replace=None, **x):
-    from regional_layout.attention_patches.flux_patch import PATCH_KEY
-
-    opts = {
-        "cond_or_uncond": list(cond_or_uncond),
-        "sigmas": torch.tensor([0.7]),
-        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
-        "rope_options": rope_options(),
-    }
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
-    if override is not None:
-        opts["optimized_attention_override"] = override
-    if patches_replace is not None:
-        opts["patches_replace"] = patches_replace
+    opts = step_options(wrapper, cond_or_uncond, override, patches_replace, rope_options=rope_options())
     with torch.no_grad():
         return model(x["x"], x["timestep"], x["context"], None, None, x.get("ref_latents"), transformer_options=opts)
-
-
-def region_pixels(wrapper, index):
-    """The latent pixels region `index`'s tokens cover (2 x 2 per token)."""
-    plan = wrapper.plan(*LATENT, BASE_LEN)
-    grid = plan.masks.hard[index].view(*plan.masks.grid)
-    return grid.repeat_interleave(2, 0).repeat_interleave(2, 1)[: LATENT[0], : LATENT[1]]
 
 
 def own_positions_from_scratch(model, x, text_lens, base_len, ref_latents=None):
@@ -131,12 +108,10 @@ def test_the_patch_node_tells_longcat_from_flux1(longcat):
 @pytest.mark.parametrize("refs", [False, True], ids=["image", "edit-refs"])
 def test_region_isolation(longcat, changed, refs):
     x = inputs(refs=refs)
-    first, other = regional_cond([4, 6], seed=1), regional_cond([4, 6], seed=2)
-    embeds = list(first.embeds)
-    embeds[changed] = other.embeds[changed]
-    second = type(first)(first.layout, tuple(embeds), first.background)
+    first = regional_cond([4, 6], seed=1)
+    second = with_region_embedding(first, regional_cond([4, 6], seed=2), changed)
     a, b = run(longcat, wrapper_for(first), **x), run(longcat, wrapper_for(second), **x)
-    kept, own = region_pixels(wrapper_for(first), 1 - changed), region_pixels(wrapper_for(first), changed)
+    kept, own = (region_pixels(wrapper_for(first), i, LATENT, BASE_LEN) for i in (1 - changed, changed))
     assert kept.any() and own.any()
     assert torch.equal(a[..., kept], b[..., kept])
     assert not torch.equal(a[..., own], b[..., own])
@@ -201,8 +176,4 @@ def test_matches_the_naive_reference(longcat, double, single, masks, refs):
 
 def test_the_model_is_untouched(longcat):
     x = inputs()
-    weights = {k: v.clone() for k, v in longcat.state_dict().items()}
-    plain = run(longcat, **x)
-    run(longcat, wrapper_for(regional_cond([3, 5], background=True)), **x)
-    assert torch.equal(run(longcat, **x), plain)
-    assert all(torch.equal(v, weights[k]) for k, v in longcat.state_dict().items())
+    assert_untouched(longcat, lambda: run(longcat, **x), lambda: run(longcat, wrapper_for(regional_cond([3, 5])), **x))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from regional_layout.attention_patches.families import QWEN_IMAGE
+from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (odd, padded), token grid 6 x 8
@@ -32,10 +33,7 @@ def regional_cond(lengths, **kwargs):
 
 
 def wrapper_for(cond, family=QWEN_IMAGE, **options):
-    from regional_layout.attention_patches.flux_patch import RegionalFluxOptions, RegionalFluxWrapper
-
-    defaults = dict(beta=0.0, control_steps=2, double_blocks=frozenset(range(DEPTH)))
-    return RegionalFluxWrapper(cond, RegionalFluxOptions(**{**defaults, **options}), family)
+    return family_checks.regional_wrapper(cond, family, DEPTH, **options)
 
 
 def inputs(batch=1, seed=0, refs=False):
@@ -51,29 +49,14 @@ def inputs(batch=1, seed=0, refs=False):
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, patches_replace=None, **x):
-    from regional_layout.attention_patches.flux_patch import PATCH_KEY
-
-    opts = {
-        "cond_or_uncond": list(cond_or_uncond),
-        "sigmas": torch.tensor([0.7]),
-        "sample_sigmas": torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0]),
-    }
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {PATCH_KEY: [wrapper]}}
-    if override is not None:
-        opts["optimized_attention_override"] = override
-    if patches_replace is not None:
-        opts["patches_replace"] = patches_replace
+    opts = family_checks.step_options(wrapper, cond_or_uncond, override, patches_replace)
     with torch.no_grad():
         return model(x["x"], x["timestep"], x["context"], ref_latents=x.get("ref_latents"), transformer_options=opts)
 
 
 def region_pixels(wrapper, index):
     """The latent pixels of region `index`'s tokens (2x2 latent pixels per token, cut to the odd latent)."""
-    plan = wrapper.plan(HEIGHT // 8, WIDTH // 8, BASE_LEN)
-    rows, cols = plan.masks.grid
-    inside = plan.masks.hard[index].view(rows, cols).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    return inside[: HEIGHT // 8, : WIDTH // 8]
+    return family_checks.region_pixels(wrapper, index, (HEIGHT // 8, WIDTH // 8), BASE_LEN, patch=2)
 
 
 def own_positions_from_scratch(model, x, text_lens, ref_latents=None):
@@ -105,11 +88,8 @@ def test_region_isolation(qwen, changed, refs):
     bit-identical and changes its own (also with Qwen-Image-Edit's reference latent)."""
     x = inputs(refs=refs)
     lengths = [4, 6]
-    first, second = regional_cond(lengths, seed=1), regional_cond(lengths, seed=1)
-    other = regional_cond(lengths, seed=2)
-    embeds = list(second.embeds)
-    embeds[changed] = other.embeds[changed]
-    second = type(second)(second.layout, tuple(embeds), second.background)
+    first = regional_cond(lengths, seed=1)
+    second = family_checks.with_region_embedding(first, regional_cond(lengths, seed=2), changed)
     a, b = run(qwen, wrapper_for(first), **x), run(qwen, wrapper_for(second), **x)
     kept, own = region_pixels(wrapper_for(first), 1 - changed), region_pixels(wrapper_for(first), changed)
     assert torch.equal(a[..., kept], b[..., kept])
@@ -212,11 +192,8 @@ def test_a_block_replacement_already_there_is_chained(qwen):
 def test_the_model_is_untouched(qwen):
     """A regional call changes no weight, and the plain model gives the same result before and after it."""
     x = inputs()
-    weights = {k: v.clone() for k, v in qwen.state_dict().items()}
-    plain = run(qwen, **x)
-    run(qwen, wrapper_for(regional_cond([3, 5], background=True)), **x)
-    assert torch.equal(run(qwen, **x), plain)
-    assert all(torch.equal(v, weights[k]) for k, v in qwen.state_dict().items())
+    regional = wrapper_for(regional_cond([3, 5], background=True))
+    family_checks.assert_untouched(qwen, lambda: run(qwen, **x), lambda: run(qwen, regional, **x))
 
 
 def test_a_text_mask_that_pads_nothing_is_dropped_and_padding_is_refused(qwen):
