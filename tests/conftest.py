@@ -157,12 +157,15 @@ def shipped_lora_names() -> set[str]:
 @pytest.fixture(scope="session")
 def comfy_server(tiny_models: Path, tmp_path_factory):
     """One real ComfyUI server shared by the integration tests of a session. The LoRA names the shipped workflows
-    use are served as the tiny FLUX LoRA, so their prompts validate (newer hosts check every combo value)."""
+    use are served as the tiny FLUX LoRA, so their prompts validate (newer hosts check every combo value); the
+    test-only node packs are loaded for the text encoder stand-ins (rl_devkit.demo.use_text_encoder_stand_ins)."""
     loras = tmp_path_factory.mktemp("shipped_loras")
     tiny_lora = tiny_models / "loras" / "flux_tiny_lora.safetensors"
     for name in shipped_lora_names() - {tiny_lora.name}:
         (loras / name).symlink_to(tiny_lora)
-    server = start_server(tiny_models, extra_model_dirs={"loras": (loras,)})
+    from rl_devkit.demo import TEST_NODES
+
+    server = start_server(tiny_models, extra_custom_nodes=(TEST_NODES,), extra_model_dirs={"loras": (loras,)})
     yield server
     server.cleanup()
 

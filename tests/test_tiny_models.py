@@ -90,6 +90,21 @@ def test_flux_vae_has_16_latent_channels(files):
     assert not any(k.startswith("quant_conv") for k in sd), "FLUX's ae.safetensors has no quant convs"
 
 
+def test_qwen_image_files_are_detected(files):
+    """The Qwen-Image transformer as ComfyUI's detection reads it (full width, 1 block) and its Wan 2.1 VAE as
+    ComfyUI's VAE class takes it (16 latent channels on a time axis, 8x down, the real base width)."""
+    import comfy.sd
+    import comfy.utils
+    from comfy import model_detection
+
+    config = model_detection.model_config_from_unet(meta_state_dict(files["qwen_image_bf16.safetensors"]), "")
+    assert type(config).__name__ == "QwenImage"
+    assert config.unet_config["num_layers"] == tm.QWEN_IMAGE_BLOCKS and config.unet_config["in_channels"] == 64
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(files["qwen_image_vae.safetensors"])))
+    assert type(vae.first_stage_model).__module__ == "comfy.ldm.wan.vae"
+    assert (vae.latent_channels, vae.latent_dim, vae.downscale_index_formula) == (16, 3, (4, 8, 8))
+
+
 def test_gligen_loads_with_comfyui_loader(files):
     import comfy.sd
 

@@ -21,6 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows" / "api"
 TINY_MAX_SIDE = 256
 TINY_MAX_STEPS = 4
+# Test-only text encoders (tests/support/custom_nodes/rl_test_text_stand_ins) for those too big to write as tiny
+# files, by CLIPLoader type: each is the family's real encoder class at the real width with 1 layer.
+TEST_NODES = REPO / "tests" / "support" / "custom_nodes"
+TEXT_ENCODER_STAND_INS = {"qwen_image": "RLTest_QwenImageTextStandIn"}
 
 
 def shrink_for_tiny_models(prompt: dict) -> dict:
@@ -36,6 +40,16 @@ def shrink_for_tiny_models(prompt: dict) -> dict:
         for key in ("steps", "inversion_steps"):
             if isinstance(inputs.get(key), int):
                 inputs[key] = min(inputs[key], TINY_MAX_STEPS)
+    return prompt
+
+
+def use_text_encoder_stand_ins(prompt: dict) -> dict:
+    """Each CLIPLoader of a type in TEXT_ENCODER_STAND_INS replaced by its test-only stand-in node (the server
+    must load TEST_NODES); the same outputs, so the rest of the workflow is unchanged."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        if node.get("class_type") == "CLIPLoader" and node["inputs"].get("type") in TEXT_ENCODER_STAND_INS:
+            node.update(class_type=TEXT_ENCODER_STAND_INS[node["inputs"]["type"]], inputs={})
     return prompt
 
 
@@ -61,7 +75,7 @@ class ProgressPrinter:
 def run_workflow(server: ComfyServer, path: Path, out_dir: Path, tiny: bool) -> list[Path]:
     prompt = json.loads(path.read_text())
     if tiny:
-        prompt = shrink_for_tiny_models(prompt)
+        prompt = use_text_encoder_stand_ins(shrink_for_tiny_models(prompt))
     started = time.monotonic()
     result = server.run(prompt, timeout=3600, on_event=ProgressPrinter(prompt))
     if result.status != "success":
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     comfyui = Path(os.environ["COMFYUI_PATH"])
     print(f"starting ComfyUI from {comfyui} with models from {args.models}", flush=True)
-    server = ComfyServer(comfyui, REPO, Path(args.models))
+    server = ComfyServer(comfyui, REPO, Path(args.models), extra_custom_nodes=(TEST_NODES,) if args.tiny else ())
     server.start()
     failures = 0
     try:

@@ -91,6 +91,11 @@ FLUX2_DIT: dict[str, Any] = {
     "default_ref_method": "index",
     "ref_index_scale": 10.0,
 }
+# Qwen-Image as ComfyUI detects it (from txt_norm, img_in's width and the block count; 3072 wide, 24 heads,
+# text width 3584 are the class defaults). Its latents are Wan 2.1's: the VAE's base width is read from the file.
+QWEN_IMAGE_DIT: dict[str, Any] = {"image_model": "qwen_image", "in_channels": 64}
+QWEN_IMAGE_BLOCKS = 1
+WAN21_VAE_DIM = 96  # the real Wan 2.1 / Qwen-Image VAE's base width
 # UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
 _UNET_COMMON: dict[str, Any] = {
     "use_checkpoint": False,
@@ -196,6 +201,10 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
             "diffusion_models/flux1-schnell.safetensors", "bfloat16", _flux, {"guidance_embed": False, **flux_depths}
         ),
         TinyModel("diffusion_models/Chroma1-HD.safetensors", "bfloat16", _chroma, flux_depths),
+        TinyModel(
+            "diffusion_models/qwen_image_bf16.safetensors", "bfloat16", _qwen_image, {"num_layers": QWEN_IMAGE_BLOCKS}
+        ),
+        TinyModel("vae/qwen_image_vae.safetensors", "bfloat16", _wan21_vae, {"dim": WAN21_VAE_DIM}),
         TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
         TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
         TinyModel(
@@ -542,6 +551,38 @@ def _chroma(depth: int, depth_single_blocks: int) -> dict:
     config = {**CHROMA_DIT, "depth": depth, "depth_single_blocks": depth_single_blocks}
     tensors = dict(sm.Chroma(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", sm.Chroma, config)
+    return tensors
+
+
+def _qwen_image(num_layers: int) -> dict:
+    """A Qwen-Image diffusion model file (UNETLoader): the transformer's keys with no prefix, full width."""
+    import comfy.supported_models as sm
+
+    config = {**QWEN_IMAGE_DIT, "num_layers": num_layers}
+    tensors = dict(sm.QwenImage(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", sm.QwenImage, config)
+    return tensors
+
+
+def _wan21_vae(dim: int) -> dict:
+    """The Wan 2.1 VAE that Qwen-Image ships as qwen_image_vae.safetensors (VAELoader): ComfyUI's VAE class takes
+    this layout for decoder.middle.0.residual.0.gamma without the Wan 2.2 upsampler key, its width from the head."""
+    import torch
+    from comfy.ldm.wan.vae import WanVAE
+
+    with torch.device("meta"):  # WanVAE takes no device argument
+        vae = WanVAE(
+            dim=dim,
+            z_dim=16,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+            dropout=0.0,
+        )
+    tensors = dict(vae.state_dict())
+    if "decoder.middle.0.residual.0.gamma" not in tensors or tensors["decoder.head.0.gamma"].shape[0] != dim:
+        raise RuntimeError("ComfyUI's WanVAE no longer has the Wan 2.1 key layout")
     return tensors
 
 

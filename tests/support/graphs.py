@@ -15,6 +15,9 @@ GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
 FLUX_LORA = "flux_tiny_lora.safetensors"
 FLUX_CONTROLNET = "flux_tiny_controlnet_xlabs.safetensors"
 CHROMA_UNET = "Chroma1-HD.safetensors"
+QWEN_IMAGE_UNET = "qwen_image_bf16.safetensors"
+QWEN_IMAGE_VAE = "qwen_image_vae.safetensors"
+QWEN_IMAGE_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image template
 
 
 def graph() -> GraphBuilder:
@@ -31,6 +34,16 @@ def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET
         clip = g.node("CLIPLoader", clip_name=CLIP_L, type="sd3", device="default")
     vae = g.node("VAELoader", vae_name=FLUX_VAE)
     return model.out(0), clip.out(0), vae.out(0)
+
+
+def qwen_image_models(g: GraphBuilder, *, unet: str = QWEN_IMAGE_UNET):
+    """(model, clip, vae) outputs as in ComfyUI's Qwen-Image template (UNETLoader -> ModelSamplingAuraFlow, the
+    Wan 2.1 VAE), with the test-only Qwen-Image text encoder stand-in (tests/support/custom_nodes) for the 7B one."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+    shifted = g.node("ModelSamplingAuraFlow", model=model.out(0), shift=QWEN_IMAGE_SHIFT)
+    clip = g.node("RLTest_QwenImageTextStandIn")
+    vae = g.node("VAELoader", vae_name=QWEN_IMAGE_VAE)
+    return shifted.out(0), clip.out(0), vae.out(0)
 
 
 def flux_text_to_image(
@@ -161,6 +174,8 @@ def regional_flux(
     loras_before=(),
     regional_loras=(),
     save_latent=False,
+    models=None,
+    guidance=3.5,
 ) -> dict:
     """Regional FLUX text-to-image on the tiny models; `patch=False` gives the plain graph with the same prompt
     (CLIPTextEncode of base_prompt, unpatched model). `batch_index` picks one item of the latent batch (its noise
@@ -169,9 +184,13 @@ def regional_flux(
     tiny XLabs FLUX ControlNet with a solid `hint_color` image to both prompts (ControlNetApplyAdvanced);
     `save_latent` also saves the sampled latent (SaveLatent "save_latent"). `loras_before`: (file, strength)
     pairs, LoraLoaderModelOnly in a chain before the patcher; `regional_loras`: (file, strength, region)
-    triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...)."""
+    triples, RL_RegionalLora in a chain after it (ids regional_lora_0, ...). `models(g, unet=...)` gives
+    (model, clip, vae) of another family (default: flux_models); `guidance` None leaves out FluxGuidance."""
     g = graph()
-    model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
+    if models is None:
+        model, clip, vae = flux_models(g, real_t5=real_t5, unet=unet)
+    else:
+        model, clip, vae = models(g, unet=unet)
 
     def add_lora(model):
         return g.node("LoraLoaderModelOnly", id="lora", model=model, lora_name=FLUX_LORA, strength_model=lora).out(0)
@@ -219,7 +238,7 @@ def regional_flux(
         positive = g.node("CLIPTextEncode", clip=clip, text=base_prompt).out(0)
     if lora is not None and lora_after_patch:
         model = add_lora(model)
-    guided = g.node("FluxGuidance", conditioning=positive, guidance=3.5).out(0)
+    guided = positive if guidance is None else g.node("FluxGuidance", conditioning=positive, guidance=guidance).out(0)
     if negative is None:
         neg = g.node("ConditioningZeroOut", conditioning=positive).out(0)
     else:
@@ -264,6 +283,11 @@ def regional_flux(
         tinted = g.node("RL_RegionOverlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
         g.node("SaveImage", id="overlay", images=tinted.out(0), filename_prefix="regional_flux_overlay")
     return g.finalize()
+
+
+def regional_qwen_image(**kwargs) -> dict:
+    """regional_flux's graph on the tiny Qwen-Image (its template's loaders and shift, no FluxGuidance)."""
+    return regional_flux(**{"unet": QWEN_IMAGE_UNET, "models": qwen_image_models, "guidance": None, **kwargs})
 
 
 def lsregen_pipeline(
