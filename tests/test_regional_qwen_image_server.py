@@ -27,9 +27,31 @@ TOP_RIGHT = (..., slice(None, 4), slice(8, None))  # latent rows 0-3, columns 8-
 ISOLATED = dict(base_ratio=0.0, control_steps=10, save_latent=True)
 
 
+QWEN_LORA = "rl_qwen_image_lora.safetensors"
+LORA_LAYERS = (  # image-stream, text-stream and per-token outer layers of the one block (none per sample)
+    "img_in",
+    "txt_in",
+    "proj_out",
+    "transformer_blocks.0.attn.to_q",
+    "transformer_blocks.0.attn.to_out.0",
+    "transformer_blocks.0.img_mlp.net.0.proj",
+    "transformer_blocks.0.attn.add_v_proj",
+    "transformer_blocks.0.txt_mlp.net.2",
+)
+
+
 @pytest.fixture(scope="module")
-def server(tiny_models):
-    server = start_server(tiny_models, extra_custom_nodes=(TEST_NODES,))
+def server(tiny_models, tmp_path_factory):
+    """The module's server, with the test-only text encoder pack and a Qwen-Image LoRA in ComfyUI's key format."""
+    from safetensors import safe_open
+    from test_regional_lora_server import lora_tensors
+
+    with safe_open(str(tiny_models / "diffusion_models" / graphs.QWEN_IMAGE_UNET), "pt") as f:
+        shapes = {layer: tuple(f.get_slice(f"{layer}.weight").get_shape()) for layer in LORA_LAYERS}
+    layers = {f"diffusion_model.{k}": (".lora_up.weight", ".lora_down.weight", v) for k, v in shapes.items()}
+    loras = tmp_path_factory.mktemp("qwen_loras")
+    safetensors.torch.save_file(lora_tensors(layers, seed=5), str(loras / QWEN_LORA))
+    server = start_server(tiny_models, extra_custom_nodes=(TEST_NODES,), extra_model_dirs={"loras": (loras,)})
     yield server
     server.cleanup()
 
@@ -114,3 +136,21 @@ def test_shipped_qwen_image_workflow(server):
     assert not any(node["class_type"] == "CLIPLoader" for node in shrunk.values())
     result = run(server, shrunk)
     assert len([node for node, out in result.outputs.items() if out.get("images")]) >= 2
+
+
+def test_regional_lora_through_the_queue(server):
+    """Regional LoRA on Qwen-Image (issue 16 through the server): base_ratio 0 in every block and step, a LoRA on
+    region 1 leaves region 2's latent bit-identical and makes region 1 what ComfyUI's LoraLoaderModelOnly gives
+    for the whole model, to 1e-3 of the LoRA's effect there (merged W + s·B·A against the runtime W·x + s·B(A·x):
+    the same sums in another order); strength 0 changes nothing."""
+    plain = latent(server, qwen(seed=3, **ISOLATED))
+    ours = latent(server, qwen(seed=3, regional_loras=[(QWEN_LORA, 1.0, "1")], **ISOLATED))
+    merged = latent(server, qwen(seed=3, loras_before=[(QWEN_LORA, 1.0)], **ISOLATED))
+    assert torch.equal(ours[TOP_RIGHT], plain[TOP_RIGHT])
+    assert not torch.equal(merged[TOP_RIGHT], plain[TOP_RIGHT])  # merged: every region
+    effect = (merged[LEFT] - plain[LEFT]).abs().max()
+    error = (ours[LEFT] - merged[LEFT]).abs().max()
+    print(f"Qwen-Image regional LoRA, region 1: off by {float(error):.2e}, the LoRA's effect {float(effect):.3f}")
+    assert effect > 0.05, "the LoRA changed (almost) nothing"
+    assert error <= 1e-3 * effect
+    assert torch.equal(latent(server, qwen(seed=3, regional_loras=[(QWEN_LORA, 0.0, "1")], **ISOLATED)), plain)
