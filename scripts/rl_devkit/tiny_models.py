@@ -398,6 +398,22 @@ def small_qwen_image_model(seed: int = 0, **kwargs):
     return model
 
 
+# Z-Image's NextDiT configuration as ComfyUI's model_detection sets it (dim 3840 branch), without the widths
+ZIMAGE_DIT = dict(
+    patch_size=2,
+    in_channels=16,
+    multiple_of=256,
+    ffn_dim_multiplier=8.0 / 3.0,
+    qk_norm=True,
+    axes_lens=[1536, 512, 512],
+    rope_theta=256.0,
+    z_image_modulation=True,
+    time_scale=1000.0,
+    pad_tokens_multiple=32,
+    image_model="lumina2",
+)
+
+
 def small_zimage(
     dim: int = 256,
     n_heads: int = 2,
@@ -419,24 +435,14 @@ def small_zimage(
     from comfy.ldm.lumina.model import NextDiT
 
     model = NextDiT(
-        patch_size=2,
-        in_channels=16,
+        **ZIMAGE_DIT,
         dim=dim,
         n_layers=n_layers,
         n_refiner_layers=n_refiner_layers,
         n_heads=n_heads,
         n_kv_heads=n_heads,
-        multiple_of=256,
-        ffn_dim_multiplier=8.0 / 3.0,
-        qk_norm=True,
         cap_feat_dim=cap_feat_dim,
         axes_dims=list(axes_dims),
-        axes_lens=[1536, 512, 512],
-        rope_theta=256.0,
-        z_image_modulation=True,
-        time_scale=1000.0,
-        pad_tokens_multiple=32,
-        image_model="lumina2",
         dtype=dtype or torch.float32,
         device="cpu",
         operations=comfy.ops.manual_cast,
