@@ -30,7 +30,10 @@ class ModelFamily:
     # Text RoPE positions. "shared": every text token sits at the same position (FLUX: 0), so region texts placed
     # before the base text keep the positions they have alone. "sequential": text token j sits at txt_start + j
     # (Qwen-Image), so the wrapper re-bases each region text and the base text to start at txt_start
-    # (text_positions.py, through ComfyUI's patches_replace["dit"] block patch point).
+    # (text_positions.py, through ComfyUI's patches_replace["dit"] block patch point). "rotated": sequential without
+    # that patch point (Z-Image): each region text is turned, after RoPE, to where that prompt alone (padded to
+    # `pad_multiple`) sits before the image (text_positions.rotated_text_rows, in the attention override); the RoPE
+    # facts come from the model's `rope_embedder` (theta, axis widths; the text axis first).
     text_positions: str = "shared"
     # other hosts' forward signatures (positional arguments before transformer_options), told apart by the names
     # of the model's `forward` parameters
@@ -45,6 +48,19 @@ class ModelFamily:
     # there. 0: no padding.
     text_pad_left_to: int = 0
     vae_scale: int = 8  # picture pixels per latent pixel (feathers are given in picture pixels)
+    # The model's forward takes transformer_options as a keyword only (Z-Image: forward(x, timesteps, context,
+    # num_tokens, attention_mask=None, **kwargs)), not as the argument after `forward_args`.
+    options_keyword: bool = False
+    # The model pads the caption and the image tokens each to a multiple of this with learnt pad tokens (Z-Image:
+    # 32). The caption's pads belong to the base text, the image's pads come after the grid (base attention only, as
+    # reference tokens); the region texts are followed by zero filler up to a multiple, so that the base text keeps
+    # its own pad count and its offsets to the image. The filler is no key anywhere (regional_attention). 0: none.
+    pad_multiple: int = 0
+    # The model's attribute holding blocks that refine the text alone (self-attention over the caption only) before
+    # the joint blocks (Z-Image: context_refiner). There every region text and the base text attend to themselves
+    # only, so each is refined as that prompt alone (without the learnt pad tokens a prompt alone gets: the model
+    # adds them after the text embedder, where no patch point reaches). "": none.
+    text_refiners: str = ""
 
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
@@ -161,4 +177,26 @@ FLUX2 = ModelFamily(
     lora_streams=FLUX_LORA_STREAMS,  # FLUX.1's layer names; the global modulations act per sample
 )
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE)}
+# Z-Image (ComfyUI's Lumina2 NextDiT with z_image_modulation): single-stream `layers` over [caption | image], each
+# padded to a multiple of 32 with a learnt pad token; before them `context_refiner` (caption only) and
+# `noise_refiner` (image only) self-attentions run through the same attention function (told apart by sequence
+# length and order: the caption refiners run first). Only `layers` are joint; v0.30 marks them block_type "double",
+# v0.3.76 gives no block info (the calls are counted). Text RoPE positions are sequential (axis 0 at 1 + j, the
+# image at the padded caption length + 1): the filler keeps the base text's offsets to the image those of the base
+# prompt alone, and each region text is turned to the offsets that prompt alone (padded) has ("rotated").
+ZIMAGE = ModelFamily(
+    "zimage",
+    "Z-Image",
+    ("x", "timesteps", "context", "num_tokens", "attention_mask"),
+    latent_channels=16,
+    block_kinds=("double",),
+    block_lists=("layers",),
+    latent_hint="EmptySD3LatentImage",
+    text_encoder_hint="CLIPLoader, type lumina2 (Qwen3 4B)",
+    text_positions="rotated",
+    options_keyword=True,
+    pad_multiple=32,
+    text_refiners="context_refiner",
+)
+
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE, ZIMAGE)}

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from .families import FLUX1, ModelFamily
-from .regional_attention import SequencePlan, regional_attention, unselected_block_attention
+from .regional_attention import SequencePlan, regional_attention, separate_text_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
-from .text_positions import own_text_position_rows, with_own_text_positions
+from .text_positions import own_text_position_rows, padded_text_shifts, rotated_text_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
@@ -146,7 +146,7 @@ class RegionalFluxWrapper:
         named = dict(zip(names, args))
         x, context = named["x"], named["context"]
         if not self.options.changes_anything or not step_is_controlled(transformer_options, self.options.control_steps):
-            return executor(*args, transformer_options, **kwargs)
+            return self._run(executor, args, transformer_options, kwargs)
         self._check(x, context, getattr(executor, "class_obj", None))
         batch = x.shape[0]
         chunks = list(transformer_options.get("cond_or_uncond") or [0])
@@ -155,7 +155,7 @@ class RegionalFluxWrapper:
         size = batch // len(chunks)
         positive = [i for i, c in enumerate(chunks) if c == 0]
         if not positive:
-            return executor(*args, transformer_options, **kwargs)
+            return self._run(executor, args, transformer_options, kwargs)
         if len(positive) == len(chunks):
             return self._regional(executor, args, transformer_options, kwargs)
         out = None
@@ -169,11 +169,17 @@ class RegionalFluxWrapper:
             if wanted is positive:
                 part = self._regional(executor, sub_args, opts, sub_kwargs)
             else:
-                part = executor(*sub_args, opts, **sub_kwargs)
+                part = self._run(executor, sub_args, opts, sub_kwargs)
             if out is None:
                 out = part.new_empty((batch, *part.shape[1:]))
             out[rows.to(part.device)] = part
         return out
+
+    def _run(self, executor, args, transformer_options: dict, kwargs: dict):
+        """The next wrapper or the model's forward, with transformer_options where this family's forward takes it."""
+        if self.family.options_keyword:
+            return executor(*args, transformer_options=transformer_options, **kwargs)
+        return executor(*args, transformer_options, **kwargs)
 
     def _check(self, x: Tensor, context: Tensor, model=None) -> None:
         family = self.family
@@ -209,7 +215,8 @@ class RegionalFluxWrapper:
         extra = _extra_tokens(named.get("ref_latents"), self.family.patch_size) if self.family.reference_tokens else 0
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
-        named["context"] = torch.cat([texts.expand(context.shape[0], -1, -1), context], dim=1)
+        filler = texts.new_zeros(1, plan.filler, texts.shape[-1])  # the model pads the base text after it
+        named["context"] = torch.cat([torch.cat([texts, filler], 1).expand(context.shape[0], -1, -1), context], dim=1)
         opts = dict(transformer_options)
         blocks = self.family.blocks(model)
         if self.family.text_positions == "sequential":
@@ -219,16 +226,28 @@ class RegionalFluxWrapper:
             opts["patches_replace"] = with_own_text_positions(
                 opts.get("patches_replace"), rows, self.family.block_kinds, blocks
             )
+        turn = None
+        if self.family.text_positions == "rotated":
+            rope = getattr(model, "rope_embedder", None)
+            if rope is None:
+                raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's rope_embedder")
+            shifts = padded_text_shifts(plan.text_lens, plan.img_start, plan.length, self.family.pad_multiple)
+            turn = (shifts, int(rope.axes_dim[0]), float(rope.theta))
+        refiners = getattr(model, self.family.text_refiners, None) if self.family.text_refiners else None
+        if self.family.text_refiners and refiners is None:
+            raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's {self.family.text_refiners}")
         override = regional_override(
             plan,
             self.options,
             transformer_options.get("optimized_attention_override"),
             [],
             blocks[0] if blocks else None,
+            len(refiners) if refiners is not None else 0,
+            turn,
         )
         opts["optimized_attention_override"] = override
         opts[PLAN_OPTION] = plan
-        out = executor(*(named[name] for name in self.family.forward_names(model)), opts, **kwargs)
+        out = self._run(executor, tuple(named[name] for name in self.family.forward_names(model)), opts, kwargs)
         # e.g. a patch that replaces FLUX's forward without passing transformer_options on. Checked on the first
         # step only: later a step cache below us (EasyCache placed after the patcher) may skip FLUX altogether.
         if not override.calls:
@@ -245,6 +264,8 @@ class RegionalFluxWrapper:
         return out
 
     def plan(self, latent_h: int, latent_w: int, base_len: int, n_extra: int = 0) -> SequencePlan:
+        """The joint sequence of a call whose base prompt has `base_len` tokens (as the model receives it) and
+        `n_extra` reference tokens."""
         key = (latent_h, latent_w, base_len, n_extra)
         if key not in self._plans:
             masks = region_token_masks(
@@ -257,7 +278,12 @@ class RegionalFluxWrapper:
                 vae_scale=self.family.vae_scale,
             )
             lens = tuple(e.shape[1] for e in self.region_embeds(masks.hard.shape[0]))
-            self._plans[key] = SequencePlan(base_len, lens, masks, n_extra, self.options.force_dense)
+            multiple, filler = self.family.pad_multiple, 0
+            if multiple:  # the model pads the caption (base text last) and the image tokens: see families.py
+                filler = -sum(lens) % multiple
+                base_len += -base_len % multiple
+                n_extra += -masks.hard.shape[1] % multiple
+            self._plans[key] = SequencePlan(base_len, lens, masks, n_extra, self.options.force_dense, filler=filler)
         return self._plans[key]
 
     def region_embeds(self, rows: int) -> list[Tensor]:
@@ -315,12 +341,20 @@ def regional_override(
     previous=None,
     calls: list | None = None,
     n_double: int | None = None,
+    text_refiners: int = 0,
+    turn: tuple | None = None,
 ):
     """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
     unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
     ComfyUI chose. `override.calls` lists (block_type, block_index) of every joint attention call;
-    `override.counted` says the blocks were counted (the host gave no block info)."""
+    `override.counted` says the blocks were counted (the host gave no block info).
+
+    `text_refiners` (Z-Image): the model first runs that many self-attentions over the text alone, then others over
+    the image alone, through the same function: those shorter than the joint sequence are not joint; the text
+    ones keep every text to itself (separate_text_attention), the image ones run plain. `turn` (shifts, axis width,
+    theta): the region texts' q and k are moved to their own positions in every joint call (rotated_text_rows)."""
     calls = [] if calls is None else calls
+    refined = []
 
     def plain_call(func, q, k, v, heads, **kwargs):
         if previous is not None:
@@ -331,6 +365,18 @@ def regional_override(
         opts = kwargs.get("transformer_options") or {}
         if not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape") or q.ndim != 4:
             return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
+        if text_refiners and q.shape[2] < plan.length and not calls:  # a refiner, before the joint blocks
+            if len(refined) >= text_refiners:
+                return plain_call(func, q, k, v, heads, mask=mask, **kwargs)  # the image's
+            refined.append(q.shape[2])
+            if q.shape[2] != plan.img_start or mask is not None:
+                raise ValueError(
+                    f"Regional FLUX: the text refiner sees {q.shape[2]} tokens, expected {plan.img_start} and no "
+                    "mask; another patch changes the model's tokens"
+                )
+            return separate_text_attention(
+                q, k, v, plan, lambda q_, k_, v_: plain_call(func, q_, k_, v_, heads, mask=None, **kwargs)
+            )
         if q.shape[2] != plan.length:
             raise ValueError(
                 f"Regional FLUX: the joint sequence has {q.shape[2]} tokens, expected {plan.length}; "
@@ -341,6 +387,8 @@ def regional_override(
                 "Regional FLUX: the conditioning carries an attention mask; regional prompting "
                 "cannot combine with it (remove the masked conditioning)"
             )
+        if turn is not None:
+            q, k = rotated_text_rows(q, k, *turn)
         kind, index, counted = block_of_call(opts, len(calls), n_double)
         override.counted = override.counted or counted
         calls.append((kind, index))

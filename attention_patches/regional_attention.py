@@ -42,6 +42,9 @@ class SequencePlan:
     masks: TokenMasks
     n_extra: int = 0  # image tokens after the grid (e.g. reference latents): base attention only
     force_dense: bool = False
+    # zero tokens between the region texts and the base text (families.py `pad_multiple`): no key anywhere, their
+    # rows come out as zeros
+    filler: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -53,9 +56,15 @@ class SequencePlan:
         return self.masks.hard.shape[1]
 
     @property
-    def base_start(self) -> int:
-        """Where the base text starts: after every region text. [base_start, length) is the base attention's."""
+    def n_text(self) -> int:
+        """Region text tokens (the first of the sequence)."""
         return sum(self.text_lens)
+
+    @property
+    def base_start(self) -> int:
+        """Where the base text starts: after every region text and the filler. [base_start, length) is the base
+        attention's."""
+        return self.n_text + self.filler
 
     @property
     def img_start(self) -> int:
@@ -102,12 +111,12 @@ class SequencePlan:
         return self._cache[key]
 
     def regional_index(self, device: torch.device) -> Tensor:
-        """Positions of the dense path's tokens: [region texts | image] (no base text)."""
+        """Positions of the dense path's tokens: [region texts | image] (no filler, no base text)."""
         key = ("regional", str(device))
         if key not in self._cache:
-            self._cache[key] = torch.cat(
-                [torch.arange(self.base_start), torch.arange(self.img_start, self.img_end)]
-            ).to(device)
+            self._cache[key] = torch.cat([torch.arange(self.n_text), torch.arange(self.img_start, self.img_end)]).to(
+                device
+            )
         return self._cache[key]
 
     def dense_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -124,13 +133,14 @@ class SequencePlan:
         return self._cache[key]
 
     def text_bias(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """The region-text rows of the mask over the keys [region texts | base text | image] ([ΣT, img end]), the
-        base text's columns closed: cheap to build, and used on a slice of the sequence without a gather."""
+        """The region-text rows of the mask over the keys [region texts | filler | base text | image] ([ΣT, img
+        end]), the filler's and base text's columns closed: cheap to build, and used on a slice of the sequence
+        without a gather."""
         key = ("text_bias", str(device), dtype)
         if key not in self._cache:
             weights = text_row_weights(self.text_lens, self.masks.weights)
-            closed = weights.new_zeros(weights.shape[0], self.base_len)
-            n_txt = self.base_start
+            closed = weights.new_zeros(weights.shape[0], self.filler + self.base_len)
+            n_txt = self.n_text
             weights = torch.cat([weights[:, :n_txt], closed, weights[:, n_txt:]], 1)
             self._cache[key] = torch.log(weights).to(device, dtype)
         return self._cache[key]
@@ -183,12 +193,13 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -
     i), so each region is one unmasked attention over its own tokens; the base prompt is one plain attention over
     [base text | image | extra], as in the unpatched model. Cost: plain attention + Σ (tokens of region i)²."""
     index, table = plan.grouped_index(q.device)
-    bs, img, end = plan.base_start, plan.img_start, plan.img_end
+    nt, img, end = plan.n_text, plan.img_start, plan.img_end
     out = torch.empty_like(q)
+    out[:, :, nt : plan.base_start] = 0  # the filler
     base = _base_attention(q, k, v, plan, beta, out)
-    if bs and len(index) < bs + plan.n_img:  # a region text whose region holds no image token
-        out[:, :, :bs] = F.scaled_dot_product_attention(
-            q[:, :, :bs], k[:, :, :end], v[:, :, :end], attn_mask=plan.text_bias(q.device, q.dtype)
+    if nt and len(index) < nt + plan.n_img:  # a region text whose region holds no image token
+        out[:, :, :nt] = F.scaled_dot_product_attention(
+            q[:, :, :nt], k[:, :, :end], v[:, :, :end], attn_mask=plan.text_bias(q.device, q.dtype)
         )
     qr, kr, vr = (t.index_select(2, index) for t in (q, k, v))
     for s, e in table:
@@ -216,18 +227,19 @@ def _base_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: f
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, beta: float) -> Tensor:
-    bs, img, end = plan.base_start, plan.img_start, plan.img_end
+    nt, img, end = plan.n_text, plan.img_start, plan.img_end
     ridx = plan.regional_index(q.device)
     regional = F.scaled_dot_product_attention(
         *(t.index_select(2, ridx) for t in (q, k, v)), attn_mask=plan.dense_bias(q.device, q.dtype)
     )
     out = torch.empty_like(q)
     base = _base_attention(q, k, v, plan, beta, out)
-    out[:, :, :bs] = regional[:, :, :bs]
+    out[:, :, :nt] = regional[:, :, :nt]
+    out[:, :, nt : plan.base_start] = 0  # the filler
     if base is not None:
-        out[:, :, img:end] = torch.lerp(regional[:, :, bs:].float(), base.float(), beta).to(q.dtype)
+        out[:, :, img:end] = torch.lerp(regional[:, :, nt:].float(), base.float(), beta).to(q.dtype)
     else:
-        out[:, :, img:end] = regional[:, :, bs:]
+        out[:, :, img:end] = regional[:, :, nt:]
     return out
 
 
@@ -235,20 +247,38 @@ def unselected_block_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePl
     """A block outside the chosen set, during a control step. The official code (transformer_flux.py) drops only
     the mask there: region texts and image rows attend, unmasked, over [region texts | image], and the image rows
     are still blended (1 - beta) * regional + beta * base. Base text and extra rows take the base attention, which
-    runs through `plain(q, k, v) -> [B, Lq, H·D]` (the model's own back end). → [B, L, H·D]."""
-    bs, img, end = plan.base_start, plan.img_start, plan.img_end
+    runs through `plain(q, k, v) -> [B, Lq, H·D]` (the model's own back end). The filler (families.py
+    `pad_multiple`) is in neither attention's keys: its rows are zeros. → [B, L, H·D]."""
+    nt, bs, img, end = plan.n_text, plan.base_start, plan.img_start, plan.img_end
     B, H, L, D = q.shape
     ridx = plan.regional_index(q.device)
     regional = F.scaled_dot_product_attention(*(t.index_select(2, ridx) for t in (q, k, v)))
     regional = regional.transpose(1, 2).flatten(2)  # [B, region texts + image, H·D]
     out = q.new_empty(B, L, H * D)
-    out[:, :bs] = regional[:, :bs]
+    out[:, :nt] = regional[:, :nt]
+    out[:, nt:bs] = 0
     kb, vb = k[:, :, bs:], v[:, :, bs:]
     if beta == 0:  # the image rows take no base attention: only base text and extra rows do
         rows = torch.cat([torch.arange(bs, img), torch.arange(end, L)]).to(q.device)
         out[:, rows] = plain(q.index_select(2, rows), kb, vb)
-        out[:, img:end] = regional[:, bs:]
+        out[:, img:end] = regional[:, nt:]
         return out
     out[:, bs:] = plain(q[:, :, bs:], kb, vb)
-    out[:, img:end] = torch.lerp(regional[:, bs:], out[:, img:end], beta)
+    out[:, img:end] = torch.lerp(regional[:, nt:], out[:, img:end], beta)
+    return out
+
+
+def separate_text_attention(q: Tensor, k: Tensor, v: Tensor, plan: SequencePlan, plain) -> Tensor:
+    """A self-attention over the text alone, [region texts | filler | base text] (Z-Image's context_refiner):
+    every region text attends to itself only, as that prompt alone; the base text (with the model's pad tokens)
+    through `plain` (the model's own back end); filler rows are zeros. q, k, v [B, H, Lt, D] → [B, Lt, H·D]."""
+    B, H, L, D = q.shape
+    bs = plan.base_start
+    out = q.new_zeros(B, L, H * D)
+    for start, n in plan.text_spans():
+        part = slice(start, start + n)
+        out[:, part] = (
+            F.scaled_dot_product_attention(q[:, :, part], k[:, :, part], v[:, :, part]).transpose(1, 2).flatten(2)
+        )
+    out[:, bs:] = plain(q[:, :, bs:], k[:, :, bs:], v[:, :, bs:])
     return out

@@ -9,7 +9,11 @@ that table is position txt_start + j, so gathering rows [0..T1) for region 1, [0
 for the base text gives every text its own positions, bit for bit the rows the model computes for that prompt
 alone. The gather runs in ComfyUI's block-replace patch point (patches_replace["dit"][(kind + "_block", i)], whose
 args carry "pe"), chaining any replacement already there. Region texts never attend to each other or to the base
-text in masked blocks, so their shared positions cannot mix them up. Plain torch: nothing here imports ComfyUI.
+text in masked blocks, so their shared positions cannot mix them up.
+
+Z-Image has no block patch point, so its region texts are moved inside the attention override instead, after RoPE
+(`rotated_text_rows`): RoPE's rotations compose, so turning a token's q and k by s more positions on the text axis
+equals RoPE at its position + s. Plain torch: nothing here imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -67,3 +71,38 @@ def with_own_text_positions(
             dit[key] = patch_for(dit.get(key))
     patches["dit"] = dit
     return patches
+
+
+def padded_text_shifts(text_lens: tuple[int, ...], text_end: int, length: int, multiple: int) -> Tensor:
+    """[length] position shifts for the joint sequence [region texts (text_lens) | filler | base text and its pads
+    (up to text_end) | image ...] of a model that numbers the caption 1, 2, ... and puts the image right after the
+    caption padded to `multiple` (Z-Image): region text i moves so that it ends where that prompt alone, padded,
+    ends before the image (text_end - its padded length - where it starts); every other token stays."""
+    shifts = torch.zeros(length, dtype=torch.long)
+    start = 0
+    for n in text_lens:
+        shifts[start : start + n] = text_end - (n + -n % multiple) - start
+        start += n
+    return shifts
+
+
+def rotated_text_rows(q: Tensor, k: Tensor, shifts: Tensor, dims: int, theta: float) -> tuple[Tensor, Tensor]:
+    """q, k [B, H, L, D] after RoPE, with every token row moved `shifts` [L] positions further on the RoPE axis that
+    takes the first `dims` of D (pairs (2m, 2m + 1) turned by position * theta^(-2m / dims), ComfyUI's EmbedND
+    layout). Rows with shift 0 are not touched."""
+    rows = torch.nonzero(shifts).flatten().to(q.device)
+    if not len(rows):
+        return q, k
+    omega = 1.0 / theta ** (torch.arange(0, dims, 2, dtype=torch.float64) / dims)
+    angle = shifts[rows.cpu()].double()[:, None] * omega
+    cos, sin = angle.cos().float().to(q.device), angle.sin().float().to(q.device)
+
+    def turn(t: Tensor) -> Tensor:
+        pairs = t.index_select(2, rows)[..., :dims].float().unflatten(-1, (-1, 2))
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        turned = torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], -1).flatten(-2).to(t.dtype)
+        out = t.clone()
+        out[:, :, rows, :dims] = turned
+        return out
+
+    return turn(q), turn(k)

@@ -1,9 +1,9 @@
-"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2 or LongCat-Image model for regional prompting (region-aware attention in the chosen
+"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image or Z-Image model for regional prompting (region-aware attention in the chosen
 blocks and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, LONGCAT_IMAGE, QWEN_IMAGE, ModelFamily
+from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, LONGCAT_IMAGE, QWEN_IMAGE, ZIMAGE, ModelFamily
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
 from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
@@ -13,6 +13,7 @@ def model_family(model) -> tuple[ModelFamily, object]:
     """The family and diffusion model inside a ModelPatcher, or a ValueError naming the input and what works."""
     from comfy.ldm.chroma.model import Chroma
     from comfy.ldm.flux.model import Flux
+    from comfy.ldm.lumina.model import NextDiT
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     diffusion_model = model.get_model_object("diffusion_model")
@@ -26,6 +27,12 @@ def model_family(model) -> tuple[ModelFamily, object]:
         return CHROMA, diffusion_model
     if type(diffusion_model) is QwenImageTransformer2DModel:  # Qwen-Image and Qwen-Image-Edit
         return QWEN_IMAGE, diffusion_model
+    # Z-Image: the Lumina2 class with caption and image pad tokens (Lumina 2 itself pads nothing)
+    if (
+        type(diffusion_model) is NextDiT
+        and getattr(diffusion_model, "pad_tokens_multiple", None) == ZIMAGE.pad_multiple
+    ):
+        return ZIMAGE, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(
         f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
@@ -34,10 +41,13 @@ def model_family(model) -> tuple[ModelFamily, object]:
 
 
 def context_width(diffusion_model) -> int:
-    """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Qwen-Image: txt_in's input)."""
+    """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Qwen-Image: txt_in's input;
+    Z-Image: cap_embedder's Linear)."""
     params = getattr(diffusion_model, "params", None)
     if params is not None and hasattr(params, "context_in_dim"):
         return params.context_in_dim
+    if hasattr(diffusion_model, "cap_embedder"):
+        return diffusion_model.cap_embedder[1].in_features
     return diffusion_model.txt_in.in_features
 
 
@@ -69,8 +79,8 @@ class RegionalFluxPatch(io.ComfyNode):
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2 or "
-                    "LongCat-Image model (LoRAs may be applied before).",
+                    tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2, "
+                    "LongCat-Image or Z-Image model (LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input(
@@ -95,7 +105,7 @@ class RegionalFluxPatch(io.ComfyNode):
                     "double_blocks",
                     default="all",
                     tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-7,12' (FLUX.1 has 19, FLUX.2 dev 8, Qwen-Image 60, numbered from 0). In the "
+                    "like '0-7,12' (FLUX.1 has 19, FLUX.2 dev 8, Qwen-Image 60, Z-Image 30, numbered from 0). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),
@@ -103,7 +113,7 @@ class RegionalFluxPatch(io.ComfyNode):
                     "single_blocks",
                     default="all",
                     tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image has none). In the "
+                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image and Z-Image have none). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),

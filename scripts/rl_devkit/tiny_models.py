@@ -407,6 +407,58 @@ def small_qwen_image_model(seed: int = 0, **kwargs):
     return model
 
 
+# Z-Image's NextDiT configuration as ComfyUI's model_detection sets it (dim 3840 branch), without the widths
+ZIMAGE_DIT = dict(
+    patch_size=2,
+    in_channels=16,
+    multiple_of=256,
+    ffn_dim_multiplier=8.0 / 3.0,
+    qk_norm=True,
+    axes_lens=[1536, 512, 512],
+    rope_theta=256.0,
+    z_image_modulation=True,
+    time_scale=1000.0,
+    pad_tokens_multiple=32,
+    image_model="lumina2",
+)
+
+
+def small_zimage(
+    dim: int = 256,
+    n_heads: int = 2,
+    n_layers: int = 2,
+    seed: int = 0,
+    *,
+    n_refiner_layers: int = 2,
+    cap_feat_dim: int = 48,
+    axes_dims: tuple[int, int, int] = (32, 48, 48),
+    dtype: torch.dtype | None = None,
+):
+    """A small Z-Image from ComfyUI's own NextDiT class with Z-Image's configuration (model_detection's dim 3840
+    branch: z_image_modulation, qk_norm, caption and image pad tokens to a multiple of 32, RoPE theta 256, time
+    scale 1000, FFN 8/3) at a small width, seeded random weights. Latents: 16 channels in 2x2 patches; `axes_dims`
+    must sum to dim / n_heads (Z-Image: 3840, 30 heads, axes (32, 48, 48), cap_feat_dim 2560); dim at least 256
+    (the modulations take the 256-wide timestep embedding as min(dim, 256)); `dtype` defaults to float32."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    model = NextDiT(
+        **ZIMAGE_DIT,
+        dim=dim,
+        n_layers=n_layers,
+        n_refiner_layers=n_refiner_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        cap_feat_dim=cap_feat_dim,
+        axes_dims=list(axes_dims),
+        dtype=dtype or torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )
+    return seeded(model, seed)
+
+
 def flux_params(config: dict, txt_ids_dims: list[int]) -> dict:
     """A Flux config for this host's Flux class: v0.30 needs txt_ids_dims (the RoPE axes holding text positions:
     FLUX.1 none, FLUX.2 [3]), 0.3.76 has no such field (it puts them on the last axis of every 4-axis model)."""

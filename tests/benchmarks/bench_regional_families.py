@@ -11,7 +11,9 @@ between two plain steps of the same family (ratios to their mean), as in bench_r
 Qwen-Image (double-stream blocks only) gets double + single double-stream blocks and its unpadded 64-token base
 prompt (FLUX.1 and Chroma: T5 padded to 256).
 
-Ends with: regional_families: flux1_r4=… flux2_r4=… chroma_r4=… qwen_image_r4=… (time ratios to plain at the first size),
+Z-Image gets its 2 + 2 refiner layers and `double` joint layers, a 64-token base prompt.
+
+Ends with: regional_families: flux1_r4=… flux2_r4=… chroma_r4=… qwen_image_r4=… zimage_r4=… (time ratios to plain at the first size),
 then regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… qwen_image_r16_gb=… (extra peak memory at R = 16).
 """
 
@@ -101,6 +103,36 @@ def build_flux2(double: int, single: int, device: str):
     return random_fill(model, device)
 
 
+def build_zimage(double: int, single: int, device: str):
+    """Z-Image at full width (3840, 30 heads, its 2 + 2 refiner layers) with `double` joint layers."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    from rl_devkit.tiny_models import ZIMAGE_DIT
+
+    model = NextDiT(
+        **ZIMAGE_DIT,
+        dim=3840,
+        n_layers=double,
+        n_refiner_layers=2,
+        n_heads=30,
+        n_kv_heads=30,
+        cap_feat_dim=2560,
+        axes_dims=[32, 48, 48],
+        dtype=torch.bfloat16,
+        device=device,
+        operations=comfy.ops.manual_cast,
+    )
+    return random_fill(model, device)
+
+
+def zimage_inputs(latent, prompt, device):
+    import torch
+
+    return (latent, torch.tensor([1.0], device=device), prompt, prompt.shape[1])  # num_tokens
+
+
 def flux2_inputs(latent, prompt, device):
     import torch
 
@@ -132,7 +164,7 @@ def chroma_inputs(latent, prompt, device):
 
 
 def families() -> dict:
-    from regional_layout.attention_patches.families import CHROMA, FLUX1, FLUX2, QWEN_IMAGE
+    from regional_layout.attention_patches.families import CHROMA, FLUX1, FLUX2, QWEN_IMAGE, ZIMAGE
 
     return {
         FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
@@ -143,6 +175,8 @@ def families() -> dict:
         QWEN_IMAGE: FamilyBench(
             "qwen_image", build_qwen_image, qwen_image_inputs, (60, 0), text_width=3584, base_tokens=64
         ),
+        # Qwen3 4B hidden states, 2560 wide, unpadded (the model pads the caption to 32 itself)
+        ZIMAGE: FamilyBench("zimage", build_zimage, zimage_inputs, (30, 0), text_width=2560, base_tokens=64),
     }
 
 

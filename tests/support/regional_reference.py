@@ -7,13 +7,23 @@ import torch
 import torch.nn.functional as F
 
 
-def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True, allow=None):
+def naive_reference(q, k, v, t0, text_lens, hard, beta, masked=True, allow=None, filler=0):
     """The joint sequence is [region texts | base text (t0) | image | extra]. A dense boolean mask over
     [region texts | image], per the paper's rules, plus plain base attention over [base text | image | extra];
     image rows blended (1 - beta) * regional + beta * base. `masked=False` is the official code's rule for a block
     outside the chosen set during a control step: the same two attentions and the same blend, without the mask.
-    `allow`: a mask over [region texts | image] to use instead of the hard rules (soft masks: soft_allow)."""
+    `allow`: a mask over [region texts | image] to use instead of the hard rules (soft masks: soft_allow).
+    `filler`: that many tokens between the region texts and the base text (Z-Image) that no token sees: they are
+    cut out of the sequence, and their rows are zeros."""
     B, H, L, D = q.shape
+    if filler:
+        n = sum(text_lens)
+        keep = torch.cat([torch.arange(n), torch.arange(n + filler, L)])
+        out = q.new_zeros(B, L, H * D)
+        out[:, keep] = naive_reference(
+            q[:, :, keep], k[:, :, keep], v[:, :, keep], t0, text_lens, hard, beta, masked, allow
+        )
+        return out
     n_txt, n_img = sum(text_lens), hard.shape[1]
     img0 = n_txt + t0
     owner = []  # region index of each text token
@@ -114,15 +124,41 @@ def random_regional_cond(width, height, ctx, lengths, *, seed=0, background=Fals
     )
 
 
-def reference_override(plan, beta, double, single, calls, soft=False):
+def naive_separate_texts(q, k, v, text_lens, filler):
+    """Self-attention over the text alone, [region texts | filler | base text and its pads] (Z-Image's caption
+    refiner), with a block-diagonal boolean mask: each region text sees itself only, the base text itself only;
+    filler rows are zeros. → [B, L, H·D]."""
+    B, H, L, D = q.shape
+    owner = [i for i, n in enumerate(text_lens) for _ in range(n)]
+    owner += [-1] * filler + [len(text_lens)] * (L - len(owner) - filler)
+    allow = torch.tensor([[a == b for b in owner] for a in owner])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allow)
+    out[:, :, torch.tensor(owner) == -1] = 0
+    return out.transpose(1, 2).reshape(B, L, H * D)
+
+
+def reference_override(plan, beta, double, single, calls, soft=False, text_refiners=0, turn=None):
     """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
-    the chosen blocks, unmasked (official rule) in the others; `soft`: with the plan's soft weights."""
+    the chosen blocks, unmasked (official rule) in the others; `soft`: with the plan's soft weights. Hosts without
+    block info (Z-Image on 0.3.76): the joint calls are counted, all "double". `text_refiners` (Z-Image): the model
+    first runs that many caption-only attentions (each text alone: naive_separate_texts), then image-only ones
+    (plain), all shorter than the joint sequence. `turn` (Z-Image): a function moving the joint calls' q and k to
+    other RoPE positions first."""
     allow = soft_allow(plan.text_lens, plan.masks.weights) if soft else None  # the loops once, not per call
+    refiners = []
 
     def override(func, q, k, v, heads, mask=None, **kwargs):
         opts = kwargs.get("transformer_options") or {}
-        chosen = double if opts.get("block_type") == "double" else single
-        calls.append(opts.get("block_index"))
+        if q.shape[2] < plan.length and not calls:
+            refiners.append(q.shape[2])
+            if len(refiners) <= text_refiners:
+                return naive_separate_texts(q, k, v, plan.text_lens, plan.filler)
+            return func(q, k, v, heads, mask=mask, **kwargs)
+        if turn is not None:
+            q, k = turn(q, k)
+        index = opts.get("block_index", len(calls))
+        chosen = double if opts.get("block_type", "double") == "double" else single
+        calls.append(index)
         return naive_reference(
             q,
             k,
@@ -131,8 +167,9 @@ def reference_override(plan, beta, double, single, calls, soft=False):
             plan.text_lens,
             plan.masks.hard,
             beta,
-            masked=opts.get("block_index") in chosen,
+            masked=index in chosen,
             allow=allow,
+            filler=plan.filler,
         )
 
     return override
