@@ -332,10 +332,9 @@ def small_chroma(
     ComfyUI's own class with seeded random weights, for fast unit tests. Latents: 16 channels in 2x2 patches."""
     import torch
     import comfy.ops
-    from comfy.ldm.chroma.model import Chroma
+    from comfy.ldm.chroma.model import Chroma, ChromaParams
 
-    model = Chroma(
-        image_model="chroma",
+    config = dict(
         in_channels=64,
         out_channels=64,
         context_in_dim=context_in_dim,
@@ -352,10 +351,9 @@ def small_chroma(
         out_dim=hidden_size,
         hidden_dim=64,
         n_layers=1,
-        dtype=torch.float32,
-        device="cpu",
-        operations=comfy.ops.manual_cast,
     )
+    config = with_host_fields(ChromaParams, config, txt_ids_dims=[], vec_in_dim=None)
+    model = Chroma(image_model="chroma", **config, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     return seeded(model, seed)
 
 
@@ -459,14 +457,20 @@ def small_zimage(
     return seeded(model, seed)
 
 
+def with_host_fields(params_class, config: dict, **fields) -> dict:
+    """`config` plus those of `fields` this host's params dataclass declares (v0.30 added txt_ids_dims to Flux and
+    Chroma, and vec_in_dim to Chroma; 0.3.76 has neither)."""
+    declared = params_class.__dataclass_fields__
+    return {**{k: v for k, v in fields.items() if k in declared}, **config}
+
+
 def flux_params(config: dict, txt_ids_dims: list[int]) -> dict:
-    """A Flux config for this host's Flux class: v0.30 needs txt_ids_dims (the RoPE axes holding text positions:
-    FLUX.1 none, FLUX.2 [3]), 0.3.76 has no such field (it puts them on the last axis of every 4-axis model)."""
+    """A Flux config for this host's Flux class: txt_ids_dims lists the RoPE axes holding text positions (FLUX.1
+    none, FLUX.2 [3], LongCat-Image [1, 2]); 0.3.76 has no such field (text positions on the last axis of every
+    4-axis model)."""
     from comfy.ldm.flux.model import FluxParams
 
-    if "txt_ids_dims" in FluxParams.__dataclass_fields__:
-        return {"txt_ids_dims": txt_ids_dims, **config}
-    return dict(config)
+    return with_host_fields(FluxParams, config, txt_ids_dims=txt_ids_dims)
 
 
 def flux2_params(config: dict) -> dict:
