@@ -7,7 +7,8 @@ custom_nodes) and `.cache/tiny_models/` (small random-weight models of the real 
 With COMFYUI_PATH=/path/to/ComfyUI it uses that ComfyUI and the Python running this script instead.
 `test --host v0.30` runs on upstream ComfyUI v0.30.0 instead, unpacked from ../shared/hosts into `.comfyui-v0.30/`
 with its own `.venv-v0.30/` (torch 2.11); `test --all-hosts` runs the whole suite on the floor host, then every
-test that starts a server or a browser, and those of newer hosts' families (`-m "server or browser or newer_host"`), on v0.30.0 where ../shared/hosts has it.
+test that starts a server or a browser, the model-level family checks and those of newer hosts' families
+(`-m "server or browser or family or newer_host"`), on v0.30.0 where ../shared/hosts has it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ BOOTSTRAPPED = "RL_BOOTSTRAPPED"
 HOSTS_DIR = Path(os.environ.get("RL_HOSTS_DIR", REPO.parent / "shared" / "hosts")).resolve()
 V030_HOST = REPO / ".comfyui-v0.30"
 V030_VENV = REPO / ".venv-v0.30"
-# the tests that start ComfyUI itself, and those of families only newer hosts have (markers in pyproject.toml)
-NEWER_HOST_TESTS = "server or browser or newer_host"
+# the tests that start ComfyUI itself, the model-level family checks, and those of families only newer hosts have
+# (markers in pyproject.toml)
+NEWER_HOST_TESTS = "server or browser or family or newer_host"
 
 sys.path.insert(0, str(SCRIPTS))
 from rl_devkit import host  # noqa: E402  (standard library only)

@@ -11,6 +11,8 @@ from regional_layout.attention_patches.families import CHROMA
 from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (odd, padded like FLUX), token grid 6 x 8
 CTX = 64
 

@@ -17,6 +17,8 @@ from regional_layout.attention_patches.families import FLUX1
 from support.family_checks import assert_untouched, region_pixels, regional_wrapper, step_options, with_region_embedding
 from support.regional_reference import random_regional_cond, reference_override
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 HEIGHT, WIDTH = 88, 120  # pixels, not multiples of 16: latent 11 x 15 (FLUX pads it), token grid 6 x 8
 LATENT = (HEIGHT // 8, WIDTH // 8)
 CTX = 64

@@ -20,6 +20,8 @@ from regional_layout.attention_patches.families import FLUX2
 from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 HEIGHT, WIDTH = 120, 200  # pixels, not multiples of 16: EmptyFlux2LatentImage gives a 7 x 12 latent (16 px each)
 LATENT = (HEIGHT // 16, WIDTH // 16)  # patch size 1: one token per latent pixel, token grid 7 x 12
 CTX = 64

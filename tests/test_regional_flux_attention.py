@@ -15,6 +15,8 @@ from regional_layout.attention_patches.regional_attention import (
 from regional_layout.attention_patches.token_masks import region_token_masks
 from support.regional_reference import hide_block_info, layouts, naive_reference, rect, reference_override
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 torch.set_num_threads(1)
 
 

@@ -13,6 +13,8 @@ import torch
 
 from test_regional_flux_attention import HEIGHT, WIDTH, embeds, inputs, regional_cond
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 torch.set_num_threads(1)
 
 TOKEN_LAYERS = [

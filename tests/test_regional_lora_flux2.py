@@ -17,6 +17,8 @@ import torch
 
 from test_regional_flux2 import DEPTH, LATENT, PAD, inputs, regional_cond
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 torch.set_num_threads(1)
 
 TOKEN_LAYERS = (  # every Linear with token rows

@@ -17,6 +17,8 @@ import torch
 
 from test_regional_qwen_image import BASE_LEN, DEPTH, HEIGHT, WIDTH, inputs, regional_cond
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 torch.set_num_threads(1)
 
 TOKEN_LAYERS = (  # every Linear with token rows: both streams of both blocks, the input and output projections

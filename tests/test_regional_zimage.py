@@ -14,6 +14,8 @@ from regional_layout.attention_patches.families import ZIMAGE
 from support import family_checks
 from support.regional_reference import random_regional_cond, reference_override
 
+pytestmark = pytest.mark.family  # model-level family checks: CI runs them on both hosts
+
 HEIGHT, WIDTH = (
     88,
     120,
