@@ -32,6 +32,11 @@ def model_family(model) -> tuple[ModelFamily, object]:
         type(diffusion_model) is NextDiT
         and getattr(diffusion_model, "pad_tokens_multiple", None) == ZIMAGE.pad_multiple
     ):
+        if getattr(diffusion_model, "siglip_embedder", None) is not None:  # v0.30: reference images in the caption
+            raise ValueError(
+                "Regional FLUX Patch: model is Z-Image Omni (reference-image tokens among the caption's), which "
+                "regional prompting does not support yet; connect Z-Image (Turbo or Base) instead"
+            )
         return ZIMAGE, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(

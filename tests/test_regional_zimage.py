@@ -248,3 +248,18 @@ def test_the_patch_node_detects_zimage(zimage):
     narrow = type(cond)(cond.layout, tuple(e[..., :32] for e in cond.embeds), None)
     with pytest.raises(ValueError, match=f"regional_cond is 32 wide, the model expects {CTX}"):
         RegionalFluxPatch.execute(**{**node_inputs, "regional_cond": narrow})
+
+
+def test_zimage_omni_is_refused_by_name():
+    """Z-Image Omni (v0.30: SigLIP reference-image tokens among the caption's) is not a layout the pack plans for:
+    the node says so instead of failing inside the text refiner."""
+    import comfy.model_patcher
+    from regional_layout.nodes.regional_flux_patch import model_family
+    from rl_devkit.tiny_models import small_zimage
+
+    omni = small_zimage(n_layers=1, n_refiner_layers=1, seed=3)
+    omni.siglip_embedder = torch.nn.Identity()  # what ComfyUI builds when the file has SigLIP weights
+    holder = torch.nn.Module()
+    holder.diffusion_model = omni
+    with pytest.raises(ValueError, match="Z-Image Omni .* not support yet; connect Z-Image"):
+        model_family(comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu")))
