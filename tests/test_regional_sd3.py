@@ -251,3 +251,23 @@ def test_sd3_region_texts_keep_their_padding():
 
     assert keeps_padding(SD3Tokenizer().tokenize_with_weights("a red fox"))
     assert not keeps_padding(FluxTokenizer().tokenize_with_weights("a red fox"))
+
+
+def test_a_region_text_is_its_prompt_alone_padding_included(tiny_models):
+    """Through ComfyUI's own SD3 CLIP object (CLIPLoader type sd3 with the tiny CLIP-L; CLIP-G and T5 absent, as
+    ComfyUI allows): each region's embedding is bit for bit what that prompt alone gets for the sampler, its
+    77-token padding included, whatever the neighbours (a long neighbour takes two chunks)."""
+    import comfy.sd
+    from regional_layout.attention_patches.regional_cond import encode_texts
+
+    clip = comfy.sd.load_clip(
+        ckpt_paths=[str(tiny_models / "text_encoders" / "clip_l.safetensors")], clip_type=comfy.sd.CLIPType.SD3
+    )
+    prompt, neighbour = "a red fox sitting in fresh snow", " ".join(["an old stone lighthouse by the sea"] * 12)
+    alone = clip.encode_from_tokens(clip.tokenize(prompt))  # what CLIPTextEncode gives SD3
+    with_short = encode_texts(clip, [prompt, "a blue bird"])
+    with_long = encode_texts(clip, [prompt, neighbour])
+    assert alone.shape == (1, 77, 4096)
+    assert torch.equal(with_short[0], alone) and torch.equal(with_long[0], alone)
+    assert with_long[1].shape == (1, 154, 4096)
+    assert not torch.equal(with_short[1], alone)
