@@ -34,6 +34,7 @@ class ModelFamily:
     # that patch point (Z-Image): each region text is turned, after RoPE, to where that prompt alone (padded to
     # `pad_multiple`) sits before the image (text_positions.rotated_text_rows, in the attention override); the RoPE
     # facts come from the model's `rope_embedder` (theta, axis widths; the text axis first).
+    # "none": the text has no positions at all (SD3), so its order does not matter.
     text_positions: str = "shared"
     # other hosts' forward signatures (positional arguments before transformer_options), told apart by the names
     # of the model's `forward` parameters
@@ -61,6 +62,33 @@ class ModelFamily:
     # only, so each is refined as that prompt alone (without the learnt pad tokens a prompt alone gets: the model
     # adds them after the text embedder, where no patch point reaches). "": none.
     text_refiners: str = ""
+    # ComfyUI wrapper point the regional wrapper goes on: "diffusion_model" (WrappersMP.DIFFUSION_MODEL, around the
+    # model's forward) or "apply_model" (WrappersMP.APPLY_MODEL, around BaseModel.apply_model, for models whose
+    # forward has no wrapper point: SD3's MMDiT); `forward_args` are then apply_model's arguments
+    wraps: str = "diffusion_model"
+    context_arg: str = "context"  # which of `forward_args` holds the prompt's text embeddings
+    text_in: str = "txt_in"  # the model's Linear that takes the text embeddings (its in_features: their width)
+    # How a joint attention call learns its block: "options" (the host puts block_type / block_index in
+    # transformer_options) or "patch" (it does not on any host: the wrapper names every block through ComfyUI's
+    # patches_replace["dit"][(kind + "_block", i)] patch point, which the model calls for each block)
+    block_info: str = "options"
+    # q, k, v of a joint attention call: "heads" ([B, H, L, D] with skip_reshape, FLUX's attention) or "flat"
+    # ([B, L, H·D] with `heads`, SD3's _block_mixing)
+    qkv_layout: str = "heads"
+    # Attention calls that are not joint and stay plain: "" none; "image" those over the image tokens alone (SD3.5
+    # Medium's x_block_self_attn, a second attention in the x_block of its first blocks, on the same
+    # transformer_options)
+    plain_calls: str = ""
+    # Tokenizer sections of the family's CLIP object (the keys of clip.tokenize(text)), by which the encode node,
+    # which sees only the CLIP, knows the family; () when the encoding needs nothing family-specific
+    text_sections: tuple[str, ...] = ()
+    # Which tokens a region text keeps: "real" (its real tokens, cut from the prompt's own padded encoding) or
+    # "padded" (the whole conditioning of that prompt alone, padding included; see regional_cond.encode_texts)
+    region_tokens: str = "real"
+
+    def diffusion_model(self, wrapped):
+        """The diffusion model inside the object the wrapper wraps (`executor.class_obj`)."""
+        return getattr(wrapped, "diffusion_model", None) if self.wraps == "apply_model" else wrapped
 
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
@@ -199,4 +227,33 @@ ZIMAGE = ModelFamily(
     text_refiners="context_refiner",
 )
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE, ZIMAGE)}
+
+# SD3 / SD3.5 (ComfyUI's OpenAISignatureMMDITWrapper): `joint_blocks`, each a JointBlock whose joint attention
+# runs over [context | image] (_block_mixing), the last block's context stream pre_only (its attention output for
+# the text is dropped). The text has no positional encoding (the image a learnt pos_embed, cropped to the size), so
+# region texts need no positions. MMDiT's forward has no DIFFUSION_MODEL wrapper point and puts no block in
+# transformer_options on any supported host, and its attention gets q, k, v as [B, L, H·D]. SD3.5 Medium's first
+# blocks run a second, image-only attention in the x_block (x_block_self_attn), which stays plain. The conditioning
+# is CLIP-L | CLIP-G (77-token chunks, padded, widened to 4096) followed by T5 (padded to 77): region texts keep
+# the whole padded conditioning of their prompt (regional_cond.encode_texts says why).
+SD3 = ModelFamily(
+    "sd3",
+    "SD3 / SD3.5",
+    ("x", "t", "c_concat", "c_crossattn", "control"),
+    latent_channels=16,
+    block_kinds=("double",),
+    block_lists=("joint_blocks",),
+    text_encoder_hint="TripleCLIPLoader (clip_l, clip_g, t5xxl)",
+    text_positions="none",
+    wraps="apply_model",
+    context_arg="c_crossattn",
+    text_in="context_embedder",
+    block_info="patch",
+    qkv_layout="flat",
+    plain_calls="image",
+    text_sections=("g", "l", "t5xxl"),
+    region_tokens="padded",
+)
+
+
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE, ZIMAGE, SD3)}

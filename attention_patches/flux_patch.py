@@ -1,7 +1,7 @@
-"""Regional prompting applied to a joint-attention model (FLUX.1, Chroma, Qwen-Image, FLUX.2: see families.py) through
-ComfyUI's own patch points.
+"""Regional prompting applied to a joint-attention model (FLUX.1, Chroma, Qwen-Image, FLUX.2, SD3: see families.py)
+through ComfyUI's own patch points.
 
-A DIFFUSION_MODEL wrapper (added to a ModelPatcher clone) runs, on each model call of a regional step, the
+A DIFFUSION_MODEL wrapper (APPLY_MODEL for SD3, whose forward has none; added to a ModelPatcher clone) runs, on each model call of a regional step, the
 positive rows with the region texts put before the base prompt (FLUX's text positions are all 0, so the order
 only decides where each part lies; families with sequential text positions get each text's own positions back
 through text_positions.py) and an `optimized_attention_override` in a
@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .families import FLUX1, ModelFamily
+from .families import FAMILIES, FLUX1, ModelFamily
 from .regional_attention import SequencePlan, regional_attention, separate_text_attention, unselected_block_attention
 from .regional_cond import RegionalConditioning
 from .text_positions import own_text_position_rows, padded_text_shifts, rotated_text_rows, with_own_text_positions
 from .token_masks import region_token_masks
 
 PATCH_KEY = "regional_layout.regional_flux"
+WRAPPER_POINTS = tuple(sorted({family.wraps for family in FAMILIES.values()}))
 # transformer_options key of a regional call's SequencePlan, for wrappers that run inside (Regional LoRA)
 PLAN_OPTION = "regional_layout.plan"
 # Raised when a sampling call ran FLUX without one call of our attention override: something below us took it out.
@@ -137,17 +138,17 @@ class RegionalFluxWrapper:
 
     # -----------------------------------------------------------------------------------------------------
     def __call__(self, executor, *call_args, **kwargs):
-        names = self.family.forward_names(getattr(executor, "class_obj", None))
+        names = self.family.forward_names(self.family.diffusion_model(getattr(executor, "class_obj", None)))
         n = len(names)
         args, transformer_options = (
             call_args[:n],
             call_args[n] if len(call_args) > n else kwargs.pop("transformer_options", {}),
         )
         named = dict(zip(names, args))
-        x, context = named["x"], named["context"]
+        x, context = named["x"], named[self.family.context_arg]
         if not self.options.changes_anything or not step_is_controlled(transformer_options, self.options.control_steps):
             return self._run(executor, args, transformer_options, kwargs)
-        self._check(x, context, getattr(executor, "class_obj", None))
+        self._check(x, context, self.family.diffusion_model(getattr(executor, "class_obj", None)))
         batch = x.shape[0]
         chunks = list(transformer_options.get("cond_or_uncond") or [0])
         if batch % len(chunks):
@@ -207,18 +208,24 @@ class RegionalFluxWrapper:
             )
 
     def _regional(self, executor, args, transformer_options: dict, kwargs: dict):
-        model = getattr(executor, "class_obj", None)
+        model = self.family.diffusion_model(getattr(executor, "class_obj", None))
         named = dict(zip(self.family.forward_names(model), args))
-        x, context = named["x"], named["context"]
+        x, context = named["x"], named[self.family.context_arg]
         if "attention_mask" in named:  # [B, T0]: it has no region text columns
             named["attention_mask"] = _no_padding(named["attention_mask"])
         extra = _extra_tokens(named.get("ref_latents"), self.family.patch_size) if self.family.reference_tokens else 0
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         filler = texts.new_zeros(1, plan.filler, texts.shape[-1])  # the model pads the base text after it
-        named["context"] = torch.cat([torch.cat([texts, filler], 1).expand(context.shape[0], -1, -1), context], dim=1)
+        named[self.family.context_arg] = torch.cat(
+            [torch.cat([texts, filler], 1).expand(context.shape[0], -1, -1), context], dim=1
+        )
         opts = dict(transformer_options)
         blocks = self.family.blocks(model)
+        if self.family.block_info == "patch":
+            if blocks is None:
+                raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
+            opts["patches_replace"] = with_block_names(opts.get("patches_replace"), self.family.block_kinds, blocks)
         if self.family.text_positions == "sequential":
             if blocks is None:
                 raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's blocks")
@@ -242,8 +249,9 @@ class RegionalFluxWrapper:
             transformer_options.get("optimized_attention_override"),
             [],
             blocks[0] if blocks else None,
-            len(refiners) if refiners is not None else 0,
-            turn,
+            text_refiners=len(refiners) if refiners is not None else 0,
+            turn=turn,
+            family=self.family,
         )
         opts["optimized_attention_override"] = override
         opts[PLAN_OPTION] = plan
@@ -341,13 +349,16 @@ def regional_override(
     previous=None,
     calls: list | None = None,
     n_double: int | None = None,
+    *,
     text_refiners: int = 0,
     turn: tuple | None = None,
+    family: ModelFamily = FLUX1,
 ):
     """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
     unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
     ComfyUI chose. `override.calls` lists (block_type, block_index) of every joint attention call;
-    `override.counted` says the blocks were counted (the host gave no block info).
+    `override.counted` says the blocks were counted (the host gave no block info); `override.plain` counts the
+    calls the family declares not joint (`plain_calls`), which ran plain.
 
     `text_refiners` (Z-Image): the model first runs that many self-attentions over the text alone, then others over
     the image alone, through the same function: those shorter than the joint sequence are not joint; the text
@@ -363,6 +374,13 @@ def regional_override(
 
     def override(func, q, k, v, heads, mask=None, **kwargs):
         opts = kwargs.get("transformer_options") or {}
+        flat = family.qkv_layout == "flat" and q.ndim == 3 and not kwargs.get("skip_reshape")
+        if flat and family.plain_calls == "image" and q.shape[1] == plan.n_img:  # not joint: image tokens alone
+            override.plain += 1
+            return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
+        if flat:  # [B, L, H·D] (SD3's v: [B, L, H, D]) -> [B, H, L, D]; the result is [B, L, H·D] as the call's
+            q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+            kwargs = {**kwargs, "skip_reshape": True}
         if not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape") or q.ndim != 4:
             return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
         if text_refiners and q.shape[2] < plan.length and not calls:  # a refiner, before the joint blocks
@@ -401,15 +419,40 @@ def regional_override(
 
     override.calls = calls
     override.counted = False
+    override.plain = 0
     return override
+
+
+def with_block_names(patches_replace: dict | None, block_kinds: tuple[str, ...], block_counts: tuple[int, ...]):
+    """A copy of transformer_options["patches_replace"] whose "dit" block entries put block_type and block_index in
+    the block's transformer_options (what newer FLUX hosts do themselves), then call the replacement that was
+    there, or the block itself: for models that name no block to their attention (families.py `block_info`)."""
+    patches = dict(patches_replace or {})
+    dit = dict(patches.get("dit", {}))
+
+    def patch_for(kind, index, previous):
+        def patch(args, extra):
+            opts = {**args.get("transformer_options", {}), "block_type": kind, "block_index": index}
+            args = {**args, "transformer_options": opts}
+            return previous(args, extra) if previous is not None else extra["original_block"](args)
+
+        return patch
+
+    for kind, count in zip(block_kinds, block_counts):
+        for i in range(count):
+            key = (f"{kind}_block", i)
+            dit[key] = patch_for(kind, i, dit.get(key))
+    patches["dit"] = dit
+    return patches
 
 
 def apply_regional_flux(model, cond: RegionalConditioning, options: RegionalFluxOptions, family: ModelFamily = FLUX1):
     """A clone of the ModelPatcher `model` (a `family` model) with the regional wrapper; `model` is not changed."""
     patched = model.clone()
-    patched.remove_wrappers_with_key("diffusion_model", PATCH_KEY)  # a second patcher node replaces the first
+    for point in WRAPPER_POINTS:  # a second patcher node replaces the first
+        patched.remove_wrappers_with_key(point, PATCH_KEY)
     if options.changes_anything:
-        patched.add_wrapper_with_key("diffusion_model", PATCH_KEY, RegionalFluxWrapper(cond, options, family))
+        patched.add_wrapper_with_key(family.wraps, PATCH_KEY, RegionalFluxWrapper(cond, options, family))
     else:
         logging.info("Regional FLUX: base_ratio 1, no control steps or no blocks selected: the model is unchanged")
     return patched

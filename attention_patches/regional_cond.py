@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from ..layout.regions import RegionLayout
+from .families import FAMILIES
 
 
 @dataclass(frozen=True, eq=False)
 class RegionalConditioning:
-    """Each kept region's text embedding (real tokens only, [1, T_i, C]) next to its mask, and the background's.
+    """Each kept region's text embedding (real tokens only, or for SD3 the whole padded conditioning; [1, T_i, C])
+    next to its mask, and the background's.
 
     `layout.regions` are the kept regions (non-empty mask and prompt), in the order of `embeds`.
     """
@@ -81,6 +83,19 @@ def real_token_positions(tokens: dict, n_t5_real: int, length: int, t5_encoded: 
     return torch.cat([keep, n_clip + t5_keep]) if length > n_clip else keep
 
 
+def keeps_padding(tokens: dict) -> bool:
+    """True when the tokens are of a family whose region texts keep their whole padded conditioning
+    (families.py `region_tokens`), told by the tokenizer's sections (the encode node sees only the CLIP).
+
+    Why SD3 keeps the padding: its conditioning is CLIP-L | CLIP-G, each padded to 77 tokens (CLIP-L with end
+    tokens, CLIP-G with zeros), and T5 padded to 77, and the MMDiT attends over all of it (no attention mask): the
+    padding rows are CLIP's and T5's hidden states, not zeros, and take a large share of the image's attention.
+    With the real tokens only, an image token of a region would attend over fewer keys than with that prompt alone,
+    so a region over the whole picture at base_ratio 0 would not be the prompt alone; with the whole padded
+    conditioning it is, bit for the bits the attention sees (tests/test_regional_sd3.py)."""
+    return any(f.region_tokens == "padded" and set(f.text_sections) == set(tokens) for f in FAMILIES.values())
+
+
 def _encodes_t5(clip) -> bool:
     return getattr(getattr(clip, "cond_stage_model", None), "t5xxl", None) is not None
 
@@ -99,9 +114,10 @@ def encode_texts(clip, texts: list[str]) -> list[torch.Tensor]:
     t5_encoded = _encodes_t5(clip)
     out: list[torch.Tensor | None] = [None] * len(texts)
     groups: dict[int, list[int]] = {}
+    padded = [keeps_padding(tokens) for tokens in tokenized]
     for i, tokens in enumerate(tokenized):
         sections = tokens.get("t5xxl")
-        if t5_encoded and sections is not None and len(sections) == 1:
+        if t5_encoded and sections is not None and len(sections) == 1 and not padded[i]:
             groups.setdefault(len(sections[0]), []).append(i)
     for length, members in groups.items():
         if len(members) < 2:
@@ -116,7 +132,7 @@ def encode_texts(clip, texts: list[str]) -> list[torch.Tensor]:
     for i, tokens in enumerate(tokenized):
         if out[i] is None:
             cond = clip.encode_from_tokens(tokens)
-            keep = real_token_positions(tokens, n_t5_real[i], cond.shape[1], t5_encoded)
+            keep = None if padded[i] else real_token_positions(tokens, n_t5_real[i], cond.shape[1], t5_encoded)
             out[i] = cond if keep is None else cond[:, keep.to(cond.device)]
     return out
 

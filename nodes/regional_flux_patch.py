@@ -1,9 +1,19 @@
-"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image or Z-Image model for regional prompting (region-aware attention in the chosen
+"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image, Z-Image or SD3 / SD3.5 model for regional prompting (region-aware attention in the chosen
 blocks and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, LONGCAT_IMAGE, QWEN_IMAGE, ZIMAGE, ModelFamily
+from ..attention_patches.families import (
+    CHROMA,
+    FAMILIES,
+    FLUX1,
+    FLUX2,
+    LONGCAT_IMAGE,
+    QWEN_IMAGE,
+    SD3,
+    ZIMAGE,
+    ModelFamily,
+)
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
 from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
@@ -14,6 +24,7 @@ def model_family(model) -> tuple[ModelFamily, object]:
     from comfy.ldm.chroma.model import Chroma
     from comfy.ldm.flux.model import Flux
     from comfy.ldm.lumina.model import NextDiT
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     diffusion_model = model.get_model_object("diffusion_model")
@@ -38,6 +49,8 @@ def model_family(model) -> tuple[ModelFamily, object]:
                 "regional prompting does not support yet; connect Z-Image (Turbo or Base) instead"
             )
         return ZIMAGE, diffusion_model
+    if type(diffusion_model) is OpenAISignatureMMDITWrapper and hasattr(diffusion_model, "joint_blocks"):  # SD3, 3.5
+        return SD3, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(
         f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
@@ -45,15 +58,15 @@ def model_family(model) -> tuple[ModelFamily, object]:
     )
 
 
-def context_width(diffusion_model) -> int:
-    """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Qwen-Image: txt_in's input;
-    Z-Image: cap_embedder's Linear)."""
+def context_width(diffusion_model, family: ModelFamily = FLUX1) -> int:
+    """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Z-Image: cap_embedder's
+    Linear; others: the input of their text Linear, `family.text_in`)."""
     params = getattr(diffusion_model, "params", None)
     if params is not None and hasattr(params, "context_in_dim"):
         return params.context_in_dim
     if hasattr(diffusion_model, "cap_embedder"):
         return diffusion_model.cap_embedder[1].in_features
-    return diffusion_model.txt_in.in_features
+    return getattr(diffusion_model, family.text_in).in_features
 
 
 def block_sets(family: ModelFamily, diffusion_model, double_blocks: str, single_blocks: str):
@@ -85,7 +98,7 @@ class RegionalFluxPatch(io.ComfyNode):
                 io.Model.Input(
                     "model",
                     tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2, "
-                    "LongCat-Image or Z-Image model (LoRAs may be applied before).",
+                    "LongCat-Image, Z-Image or SD3 / SD3.5 model (LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input(
@@ -110,7 +123,8 @@ class RegionalFluxPatch(io.ComfyNode):
                     "double_blocks",
                     default="all",
                     tooltip="Double-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-7,12' (FLUX.1 has 19, FLUX.2 dev 8, Qwen-Image 60, Z-Image 30, numbered from 0). In the "
+                    "like '0-7,12' (FLUX.1 has 19, FLUX.2 dev 8, Qwen-Image 60, Z-Image 30, SD3.5 Large 38, Medium 24, "
+                    "numbered from 0). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),
@@ -118,7 +132,8 @@ class RegionalFluxPatch(io.ComfyNode):
                     "single_blocks",
                     default="all",
                     tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image and Z-Image have none). In the "
+                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image, Z-Image and SD3 have none). "
+                    "In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),
@@ -142,7 +157,7 @@ class RegionalFluxPatch(io.ComfyNode):
         finite("Regional FLUX Patch", "base_ratio", base_ratio, 0.0, 1.0)
         finite("Regional FLUX Patch", "feather", feather, 0.0, 256.0)
         family, diffusion_model = model_family(model)
-        width = context_width(diffusion_model)
+        width = context_width(diffusion_model, family)
         if regional_cond.width != width:
             raise ValueError(
                 f"Regional FLUX Patch: regional_cond is {regional_cond.width} wide, the model expects "

@@ -14,7 +14,7 @@ import math
 from comfy_api.latest import io
 
 from ..attention_patches.families import FAMILIES, FLUX1, ModelFamily
-from ..attention_patches.flux_patch import PATCH_KEY
+from ..attention_patches.flux_patch import PATCH_KEY, WRAPPER_POINTS
 from ..attention_patches.regional_lora import (
     LowRankUpdate,
     RegionalLoraLinear,
@@ -127,7 +127,7 @@ def apply_regional_lora(model, updates: dict[str, list[LowRankUpdate]], family, 
 
 
 def regional_wrapper(model):
-    wrappers = model.get_wrappers("diffusion_model", PATCH_KEY)
+    wrappers = [w for point in WRAPPER_POINTS for w in model.get_wrappers(point, PATCH_KEY)]  # SD3: apply_model
     if not wrappers:
         raise ValueError(
             f"{NODE}: model is not regionally patched; connect the model output of Regional FLUX "

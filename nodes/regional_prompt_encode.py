@@ -1,5 +1,5 @@
 """Encode a region layout for Regional FLUX: the base prompt as ordinary conditioning, every region's prompt
-with its real tokens only."""
+with its real tokens only (SD3: with its padding, see regional_cond.keeps_padding)."""
 
 from comfy_api.latest import io
 
@@ -17,7 +17,8 @@ class RegionalPromptEncode(io.ComfyNode):
             category=f"{CATEGORY}/flux",
             description="Encodes the layout's base prompt (for the sampler) and each region's prompt (for the "
             "Regional FLUX Patch) with the FLUX text encoder. Each region's prompt is encoded as that prompt "
-            "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens, so regions never "
+            "alone (padded as ComfyUI pads it for FLUX), then keeps its real T5 tokens (SD3: its whole padded "
+            "conditioning, which the model attends over), so regions never "
             "change each other's embeddings; regions without a prompt or with an empty mask are "
             "skipped with a warning.",
             inputs=[

@@ -464,6 +464,64 @@ def with_host_fields(params_class, config: dict, **fields) -> dict:
     return {**{k: v for k, v in fields.items() if k in declared}, **config}
 
 
+def small_sd3(
+    depth: int = 2,
+    seed: int = 0,
+    *,
+    context_in_dim: int = 64,
+    adm_in_channels: int = 32,
+    x_block_self_attn_layers: tuple[int, ...] = (0,),
+    pos_embed_max_size: int = 16,
+):
+    """A small SD3.5 Medium-like MMDiT (ComfyUI's OpenAISignatureMMDITWrapper: `depth` joint blocks, the last one
+    pre_only for the text, RMS q/k norms, an image-only second attention in the x_block of the blocks in
+    `x_block_self_attn_layers`, a learnt pos_embed cropped to the size) with seeded random weights, for fast unit
+    tests. MMDiT fixes the width at 64 * depth with `depth` heads of 64. Latents: 16 channels in 2x2 patches, at
+    most 2 * pos_embed_max_size latent pixels a side; text [B, T, context_in_dim], pooled y [B, adm_in_channels]."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    hidden = 64 * depth
+    model = OpenAISignatureMMDITWrapper(
+        input_size=None,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        depth=depth,
+        adm_in_channels=adm_in_channels,
+        context_embedder_config={
+            "target": "torch.nn.Linear",
+            "params": {"in_features": context_in_dim, "out_features": hidden},
+        },
+        num_patches=pos_embed_max_size**2,
+        pos_embed_max_size=pos_embed_max_size,
+        pos_embed_scaling_factor=None,
+        qk_norm="rms",
+        x_block_self_attn_layers=list(x_block_self_attn_layers),
+        dtype=torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )
+    seeded(model, seed)
+    with torch.no_grad():  # a buffer, so seeded() leaves it uninitialised; learnt, O(1) like the image features
+        model.pos_embed.copy_(_randn("pos_embed", tuple(model.pos_embed.shape), seed))
+    return model
+
+
+def small_sd3_model(seed: int = 0, **kwargs):
+    """ComfyUI's SD3 BaseModel (flow matching, shift 3; its apply_model is where the regional wrapper goes for
+    SD3) holding `small_sd3(seed=seed, **kwargs)`."""
+    import torch
+    import comfy.model_base
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD3({"in_channels": 16, "disable_unet_model_creation": True})
+    model = comfy.model_base.SD3(config, device=torch.device("cpu"))
+    model.diffusion_model = small_sd3(seed=seed, **kwargs)
+    return model
+
+
 def flux_params(config: dict, txt_ids_dims: list[int]) -> dict:
     """A Flux config for this host's Flux class: txt_ids_dims lists the RoPE axes holding text positions (FLUX.1
     none, FLUX.2 [3], LongCat-Image [1, 2]); 0.3.76 has no such field (text positions on the last axis of every

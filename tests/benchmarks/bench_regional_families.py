@@ -11,9 +11,11 @@ between two plain steps of the same family (ratios to their mean), as in bench_r
 Qwen-Image (double-stream blocks only) gets double + single double-stream blocks and its unpadded 64-token base
 prompt (FLUX.1 and Chroma: T5 padded to 256).
 
-Z-Image gets its 2 + 2 refiner layers and `double` joint layers, a 64-token base prompt.
+Z-Image gets its 2 + 2 refiner layers and `double` joint layers, a 64-token base prompt. SD3.5 (Medium: 24 heads,
+x_block_self_attn in blocks 0-12) gets double + single joint blocks, called through its BaseModel's apply_model
+(where the wrapper sits for SD3); its base prompt is 154 padded tokens.
 
-Ends with: regional_families: flux1_r4=… flux2_r4=… chroma_r4=… qwen_image_r4=… zimage_r4=… (time ratios to plain at the first size),
+Ends with: regional_families: flux1_r4=… flux2_r4=… chroma_r4=… qwen_image_r4=… zimage_r4=… sd35_r4=… (time ratios to plain at the first size),
 then regional_families_memory: flux1_r16_gb=… chroma_r16_gb=… qwen_image_r16_gb=… (extra peak memory at R = 16).
 """
 
@@ -133,6 +135,48 @@ def zimage_inputs(latent, prompt, device):
     return (latent, torch.tensor([1.0], device=device), prompt, prompt.shape[1])  # num_tokens
 
 
+def build_sd35(double: int, single: int, device: str):
+    """SD3.5 Medium's MMDiT at full width (hidden 1536, 24 heads; an image-only x_block_self_attn in blocks 0-12)
+    with double + single joint blocks, random bf16 weights, inside ComfyUI's SD3 BaseModel (the regional wrapper
+    sits on its apply_model)."""
+    import torch
+    import comfy.model_base
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    mmdit = OpenAISignatureMMDITWrapper(
+        input_size=None,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        depth=24,
+        num_blocks=double + single,
+        adm_in_channels=2048,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
+        num_patches=384 * 384,
+        pos_embed_max_size=384,
+        qk_norm="rms",
+        x_block_self_attn_layers=list(range(13)),
+        dtype=torch.bfloat16,
+        device=device,
+        operations=comfy.ops.manual_cast,
+    )
+    random_fill(mmdit, device)
+    mmdit.pos_embed.normal_(0.0, 1.0)  # a buffer: random_fill leaves it uninitialised
+    config = comfy.supported_models.SD3({"in_channels": 16, "disable_unet_model_creation": True})
+    model = comfy.model_base.SD3(config, device=torch.device(device))
+    model.diffusion_model = mmdit
+    return model
+
+
+def sd35_inputs(latent, prompt, device):
+    import torch
+
+    # BaseModel.apply_model(x, sigma, c_concat, c_crossattn): the pooled vector (a kwarg) is left out, one add
+    return (latent, torch.tensor([1.0], device=device), None, prompt)
+
+
 def flux2_inputs(latent, prompt, device):
     import torch
 
@@ -164,7 +208,7 @@ def chroma_inputs(latent, prompt, device):
 
 
 def families() -> dict:
-    from regional_layout.attention_patches.families import CHROMA, FLUX1, FLUX2, QWEN_IMAGE, ZIMAGE
+    from regional_layout.attention_patches.families import CHROMA, FLUX1, FLUX2, QWEN_IMAGE, SD3, ZIMAGE
 
     return {
         FLUX1: FamilyBench("flux1", full_width_flux, flux_inputs, (19, 38)),
@@ -177,6 +221,8 @@ def families() -> dict:
         ),
         # Qwen3 4B hidden states, 2560 wide, unpadded (the model pads the caption to 32 itself)
         ZIMAGE: FamilyBench("zimage", build_zimage, zimage_inputs, (30, 0), text_width=2560, base_tokens=64),
+        # CLIP-L | CLIP-G (77, widened to 4096) then T5 padded to 77; region texts keep their padding too
+        SD3: FamilyBench("sd35", build_sd35, sd35_inputs, (24, 0), base_tokens=154),
     }
 
 
@@ -204,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         depth = bench.full_depth if args.full_depth else (args.double, args.single)
         model = bench.build(*depth, args.device)
-        blocks = (*family.blocks(model), 0, 0)[:2]  # (double, single); Qwen-Image has no single blocks
+        # (double, single); Qwen-Image, Z-Image and SD3 have no single blocks
+        blocks = (*family.blocks(family.diffusion_model(model)), 0, 0)[:2]
         for size in [int(s) for s in args.sizes.split(",")]:
             gen = torch.Generator().manual_seed(size)
             side = size // family.vae_scale  # FLUX.2: 1/16 of the picture

@@ -157,10 +157,10 @@ def step(flux, inputs, wrapper):
     import torch
 
     opts = {"cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
-    if wrapper is not None:
-        opts["wrappers"] = {"diffusion_model": {"regional_flux": [wrapper]}}
+    if wrapper is not None:  # on the family's wrapper point: SD3's is its BaseModel's apply_model
+        opts["wrappers"] = {wrapper.family.wraps: {"regional_flux": [wrapper]}}
     with torch.inference_mode():
-        return flux(*inputs, transformer_options=opts)
+        return getattr(flux, "apply_model", flux)(*inputs, transformer_options=opts)
 
 
 def timed_step(flux, inputs, wrapper) -> float:

@@ -190,3 +190,19 @@ def hide_block_info(skip=None):
 
     keys = [(f"{kind}_block", i) for kind in ("double", "single") for i in range(3)]
     return {"dit": {key: make(key) for key in keys}}
+
+
+def flat_counted_reference_override(plan, beta, double, calls, soft=False):
+    """The naive reference for SD3's MMDiT, whose attention gets q, k as [B, L, H·D] (v [B, L, H, D]) and no block: the
+    joint calls are counted (one per joint block, in order: block_index = calls so far); a call over the image
+    tokens alone (SD3.5's x_block_self_attn) is plain attention over them."""
+    inner = reference_override(plan, beta, double, set(), calls, soft)
+
+    def override(func, q, k, v, heads, mask=None, **kwargs):
+        q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))  # v: [B, L, H, D]
+        if q.shape[2] == plan.n_img:
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        opts = {"block_type": "double", "block_index": len(calls)}
+        return inner(func, q, k, v, heads, transformer_options=opts)
+
+    return override
