@@ -1,9 +1,19 @@
-"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image or Z-Image model for regional prompting (region-aware attention in the chosen
+"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image, Z-Image or Krea 2 model for regional prompting (region-aware attention in the chosen
 blocks and steps)."""
 
 from comfy_api.latest import io
 
-from ..attention_patches.families import CHROMA, FAMILIES, FLUX1, FLUX2, LONGCAT_IMAGE, QWEN_IMAGE, ZIMAGE, ModelFamily
+from ..attention_patches.families import (
+    CHROMA,
+    FAMILIES,
+    FLUX1,
+    FLUX2,
+    KREA2,
+    LONGCAT_IMAGE,
+    QWEN_IMAGE,
+    ZIMAGE,
+    ModelFamily,
+)
 from ..attention_patches.flux_patch import RegionalFluxOptions, apply_regional_flux, parse_blocks
 from .checks import finite, prefix_errors
 from .types import CATEGORY, RegionalCond
@@ -33,6 +43,8 @@ def model_family(model) -> tuple[ModelFamily, object]:
         and getattr(diffusion_model, "pad_tokens_multiple", None) == ZIMAGE.pad_multiple
     ):
         return ZIMAGE, diffusion_model
+    if _host_class("comfy.ldm.krea2.model", "SingleStreamDiT") is type(diffusion_model):  # newer hosts only
+        return KREA2, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(
         f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
@@ -40,12 +52,24 @@ def model_family(model) -> tuple[ModelFamily, object]:
     )
 
 
+def _host_class(module: str, name: str):
+    """A model class of ComfyUI's that only newer hosts have (Krea 2 since v0.30), or None on this host."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
 def context_width(diffusion_model) -> int:
     """The text embedding width the model takes (FLUX/Chroma: params.context_in_dim; Qwen-Image: txt_in's input;
-    Z-Image: cap_embedder's Linear)."""
+    Z-Image: cap_embedder's Linear; Krea 2: txtlayers x txtdim)."""
     params = getattr(diffusion_model, "params", None)
     if params is not None and hasattr(params, "context_in_dim"):
         return params.context_in_dim
+    if hasattr(diffusion_model, "txtfusion"):  # Krea 2: the encoder's layers side by side per token
+        return diffusion_model.txtlayers * diffusion_model.txtdim
     if hasattr(diffusion_model, "cap_embedder"):
         return diffusion_model.cap_embedder[1].in_features
     return diffusion_model.txt_in.in_features
@@ -80,7 +104,7 @@ class RegionalFluxPatch(io.ComfyNode):
                 io.Model.Input(
                     "model",
                     tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2, "
-                    "LongCat-Image or Z-Image model (LoRAs may be applied before).",
+                    "LongCat-Image, Z-Image or Krea 2 model (LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input(
@@ -113,7 +137,7 @@ class RegionalFluxPatch(io.ComfyNode):
                     "single_blocks",
                     default="all",
                     tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image and Z-Image have none). In the "
+                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, Krea 2 28, numbered from 0; Qwen-Image and Z-Image have none). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),
