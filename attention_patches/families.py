@@ -65,6 +65,9 @@ class ModelFamily:
     # one token alone (Krea 2: txtfusion.layerwise_blocks attend across the encoder's layers of one token; their
     # sequence is the layer count): no token sees another, so they run plain. "": none.
     text_layerwise: str = ""
+    # The forward keyword naming how reference latents join (Krea 2: ref_latents_method, else the model's
+    # default_ref_method); where it is None the model drops them (no tokens). "": they always join.
+    reference_method: str = ""
 
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
@@ -217,7 +220,7 @@ ZIMAGE = ModelFamily(
 # projector and txtmlp, and its refiner_blocks attend across all text tokens. "That prompt alone" for the fusion:
 # every region text and the base text is fused exactly as the model fuses that prompt as its whole context (the
 # per-token steps are so already; in refiner_blocks each text attends to itself only), so the order of the region
-# texts does not matter. Reference latents (editing) join only with a ref_latents_method: not supported yet.
+# texts does not matter. Reference latents (editing) join after the image only with a ref_latents_method.
 KREA2 = ModelFamily(
     "krea2",
     "Krea 2",
@@ -226,6 +229,8 @@ KREA2 = ModelFamily(
     block_kinds=("single",),
     block_lists=("blocks",),
     latent_dims=3,
+    reference_tokens=True,
+    reference_method="ref_latents_method",
     text_encoder_hint="CLIPLoader, type krea2 (Qwen3-VL 4B)",
     text_refiners="txtfusion.refiner_blocks",
     text_layerwise="txtfusion.layerwise_blocks",

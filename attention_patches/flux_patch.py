@@ -212,7 +212,13 @@ class RegionalFluxWrapper:
         x, context = named["x"], named["context"]
         if "attention_mask" in named:  # [B, T0]: it has no region text columns
             named["attention_mask"] = _no_padding(named["attention_mask"])
-        extra = _extra_tokens(named.get("ref_latents"), self.family.patch_size) if self.family.reference_tokens else 0
+        refs = named.get("ref_latents") if self.family.reference_tokens else None
+        if (
+            self.family.reference_method
+            and kwargs.get(self.family.reference_method, getattr(model, "default_ref_method", None)) is None
+        ):
+            refs = None  # Krea 2 drops reference latents without a method
+        extra = _extra_tokens(refs, self.family.patch_size)
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         filler = texts.new_zeros(1, plan.filler, texts.shape[-1])  # the model pads the base text after it

@@ -43,20 +43,31 @@ def wrapper_for(cond, **options):
     return regional_wrapper(cond, KREA2, DEPTH, **options)
 
 
-def inputs(batch=1, seed=0):
+REF = (9, 10)  # a reference latent (editing): 5 x 5 tokens after the image's, with a ref_latents_method
+
+
+def inputs(batch=1, seed=0, refs=None):
+    """`refs`: None, or the ref_latents_method ("index", or "" for a reference latent the model drops)."""
     gen = torch.Generator().manual_seed(seed)
-    return dict(
+    x = dict(
         x=torch.randn(batch, 16, 1, *LATENT, generator=gen),  # the Wan 2.1 latent: one frame
         timestep=torch.full((batch,), 0.7),
         context=torch.randn(batch, BASE_LEN, CTX, generator=gen),
     )
+    if refs is not None:
+        x["ref_latents"] = [torch.randn(batch, 16, 1, *REF, generator=gen)]
+        if refs:
+            x["ref_latents_method"] = refs
+    return x
 
 
 def run(model, wrapper=None, cond_or_uncond=(0,), override=None, **x):
-    """The model's forward as ComfyUI calls it: (x, timesteps, context, attention_mask, ref_latents, options)."""
+    """The model's forward as ComfyUI calls it: (x, timesteps, context, attention_mask, ref_latents, options,
+    ref_latents_method=...)."""
     opts = step_options(wrapper, cond_or_uncond, override, **x.pop("extra", {}))
+    method = {"ref_latents_method": x["ref_latents_method"]} if "ref_latents_method" in x else {}
     with torch.no_grad():
-        return model(x["x"], x["timestep"], x["context"], None, None, opts)
+        return model(x["x"], x["timestep"], x["context"], None, x.get("ref_latents"), opts, **method)
 
 
 def test_the_patch_node_detects_krea2(krea2):
@@ -87,10 +98,11 @@ def test_the_patch_node_detects_krea2(krea2):
 
 
 @pytest.mark.parametrize("changed", [0, 1])
-def test_region_isolation(krea2, changed):
+@pytest.mark.parametrize("refs", [None, "index", ""], ids=["image", "edit-refs", "refs-dropped"])
+def test_region_isolation(krea2, changed, refs):
     """beta = 0, every block, every step: changing one region's prompt leaves the other region's output latent
     bit-identical and changes its own (the text refiner keeps the texts apart too)."""
-    x = inputs()
+    x = inputs(refs=refs)
     first = regional_cond([4, 6], seed=1)
     second = with_region_embedding(first, regional_cond([4, 6], seed=2), changed)
     a, b = run(krea2, wrapper_for(first), **x), run(krea2, wrapper_for(second), **x)
@@ -123,11 +135,13 @@ def test_batch_with_a_negative_prompt(krea2):
 
 @pytest.mark.parametrize("blocks", [{0, 1}, {1}, {0}])
 @pytest.mark.parametrize("masks", ["disjoint", "overlap", "soft"])
-def test_matches_the_naive_reference(krea2, masks, blocks):
+@pytest.mark.parametrize("refs", [None, "index"], ids=["image", "edit-refs"])
+def test_matches_the_naive_reference(krea2, masks, blocks, refs):
     """The whole patched Krea 2 against the naive dense reference (masked in the chosen blocks, the unmasked
     regional stream in the others; the layerwise fusion plain, the text refiner block-diagonal per text) with a
-    background region, for disjoint, overlapping and soft (feathered) masks, on the same concatenated context."""
-    x = inputs()
+    background region, for disjoint, overlapping and soft (feathered) masks, on the same concatenated context;
+    also with a reference latent's tokens after the image's (base attention only)."""
+    x = inputs(refs=refs)
     wrapper = wrapper_for(
         regional_cond([3, 5], background=True, overlap=masks == "overlap"),
         beta=0.3,
@@ -135,7 +149,7 @@ def test_matches_the_naive_reference(krea2, masks, blocks):
         feather=48.0 if masks == "soft" else 0.0,
     )
     ours = run(krea2, wrapper, **x)
-    plan = wrapper.plan(*LATENT, BASE_LEN)
+    plan = wrapper.plan(*LATENT, BASE_LEN, 25 if refs else 0)
     assert plan.dense == (masks != "disjoint") and plan.masks.soft == (masks == "soft")
     calls = []
     reference = reference_override(
