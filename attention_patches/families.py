@@ -90,6 +90,14 @@ class ModelFamily:
         """The diffusion model inside the object the wrapper wraps (`executor.class_obj`)."""
         return getattr(wrapped, "diffusion_model", None) if self.wraps == "apply_model" else wrapped
 
+    # The model's attribute holding blocks that run through the same attention before the text refiners, each over
+    # one token alone (Krea 2: txtfusion.layerwise_blocks attend across the encoder's layers of one token; their
+    # sequence is the layer count): no token sees another, so they run plain. "": none.
+    text_layerwise: str = ""
+    # The forward keyword naming how reference latents join (Krea 2: ref_latents_method, else the model's
+    # default_ref_method); where it is None the model drops them (no tokens). "": they always join.
+    reference_method: str = ""
+
     def block_attributes(self) -> tuple[str, ...]:
         return self.block_lists or tuple(f"{kind}_blocks" for kind in self.block_kinds)
 
@@ -98,6 +106,12 @@ class ModelFamily:
         if model is None or not all(hasattr(model, name) for name in self.block_attributes()):
             return None
         return tuple(len(getattr(model, name)) for name in self.block_attributes())
+
+    def submodule(self, model, path: str):
+        """The module at the dotted attribute `path` of `model` ("txtfusion.refiner_blocks"), or None."""
+        for name in path.split("."):
+            model = getattr(model, name, None)
+        return model
 
     def forward_names(self, model) -> tuple[str, ...]:
         """The forward arguments before transformer_options on this host: the entry whose names match the
@@ -256,4 +270,29 @@ SD3 = ModelFamily(
 )
 
 
-FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE, ZIMAGE, SD3)}
+# Krea 2 (newer hosts only: ComfyUI's krea2 SingleStreamDiT): `blocks` of single-stream attention over
+# [text | image] (block_type "single", block_index set), text RoPE positions all 0 ("shared"), image ids
+# (0, h, w), 2x2 patches over the 16-channel Wan 2.1 latent ([B, 16, 1, H, W], like Qwen-Image's). The context is
+# 12 Qwen3-VL layers side by side per token, fused into one text by `txtfusion` before the joint blocks: its
+# layerwise_blocks attend across the 12 layers of each token alone (plain: no token sees another), a per-token
+# projector and txtmlp, and its refiner_blocks attend across all text tokens. "That prompt alone" for the fusion:
+# every region text and the base text is fused exactly as the model fuses that prompt as its whole context (the
+# per-token steps are so already; in refiner_blocks each text attends to itself only), so the order of the region
+# texts does not matter. Reference latents (editing) join after the image only with a ref_latents_method.
+KREA2 = ModelFamily(
+    "krea2",
+    "Krea 2",
+    ("x", "timesteps", "context", "attention_mask", "ref_latents"),
+    latent_channels=16,
+    block_kinds=("single",),
+    block_lists=("blocks",),
+    latent_dims=3,
+    reference_tokens=True,
+    reference_method="ref_latents_method",
+    text_encoder_hint="CLIPLoader, type krea2 (Qwen3-VL 4B)",
+    text_refiners="txtfusion.refiner_blocks",
+    text_layerwise="txtfusion.layerwise_blocks",
+)
+
+
+FAMILIES = {family.key: family for family in (FLUX1, CHROMA, QWEN_IMAGE, FLUX2, LONGCAT_IMAGE, ZIMAGE, SD3, KREA2)}

@@ -213,7 +213,13 @@ class RegionalFluxWrapper:
         x, context = named["x"], named[self.family.context_arg]
         if "attention_mask" in named:  # [B, T0]: it has no region text columns
             named["attention_mask"] = _no_padding(named["attention_mask"])
-        extra = _extra_tokens(named.get("ref_latents"), self.family.patch_size) if self.family.reference_tokens else 0
+        refs = named.get("ref_latents") if self.family.reference_tokens else None
+        if (
+            self.family.reference_method
+            and kwargs.get(self.family.reference_method, getattr(model, "default_ref_method", None)) is None
+        ):
+            refs = None  # Krea 2 drops reference latents without a method
+        extra = _extra_tokens(refs, self.family.patch_size)
         plan = self.plan(x.shape[-2], x.shape[-1], context.shape[1], extra)
         texts = self.region_texts(plan).to(context.device, context.dtype)
         filler = texts.new_zeros(1, plan.filler, texts.shape[-1])  # the model pads the base text after it
@@ -240,9 +246,12 @@ class RegionalFluxWrapper:
                 raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's rope_embedder")
             shifts = padded_text_shifts(plan.text_lens, plan.img_start, plan.length, self.family.pad_multiple)
             turn = (shifts, int(rope.axes_dim[0]), float(rope.theta))
-        refiners = getattr(model, self.family.text_refiners, None) if self.family.text_refiners else None
-        if self.family.text_refiners and refiners is None:
-            raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's {self.family.text_refiners}")
+        text_blocks = {}
+        for path in (self.family.text_refiners, self.family.text_layerwise):
+            text_blocks[path] = self.family.submodule(model, path) if path else None
+            if path and text_blocks[path] is None:
+                raise ValueError(f"Regional FLUX: cannot find the {self.family.name} model's {path}")
+        refiners, layerwise = text_blocks[self.family.text_refiners], text_blocks[self.family.text_layerwise]
         override = regional_override(
             plan,
             self.options,
@@ -252,6 +261,7 @@ class RegionalFluxWrapper:
             text_refiners=len(refiners) if refiners is not None else 0,
             turn=turn,
             family=self.family,
+            per_token=len(layerwise) if layerwise is not None else 0,
         )
         opts["optimized_attention_override"] = override
         opts[PLAN_OPTION] = plan
@@ -353,6 +363,7 @@ def regional_override(
     text_refiners: int = 0,
     turn: tuple | None = None,
     family: ModelFamily = FLUX1,
+    per_token: int = 0,
 ):
     """An `optimized_attention_override` for one model call: regional attention in the selected blocks, the
     unmasked regional stream (official rule) in the others; plain work goes through `previous`, or the back end
@@ -363,9 +374,11 @@ def regional_override(
     `text_refiners` (Z-Image): the model first runs that many self-attentions over the text alone, then others over
     the image alone, through the same function: those shorter than the joint sequence are not joint; the text
     ones keep every text to itself (separate_text_attention), the image ones run plain. `turn` (shifts, axis width,
-    theta): the region texts' q and k are moved to their own positions in every joint call (rotated_text_rows)."""
+    theta): the region texts' q and k are moved to their own positions in every joint call (rotated_text_rows).
+    `per_token` (Krea 2): before the text refiners, that many attentions over each token alone (across the text
+    encoder's layers) run plain."""
     calls = [] if calls is None else calls
-    refined = []
+    refined, prelude = [], []
 
     def plain_call(func, q, k, v, heads, **kwargs):
         if previous is not None:
@@ -382,6 +395,9 @@ def regional_override(
             q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
             kwargs = {**kwargs, "skip_reshape": True}
         if not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape") or q.ndim != 4:
+            return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
+        if len(prelude) < per_token and not refined and not calls:  # one token's layers: no token sees another
+            prelude.append(q.shape[2])
             return plain_call(func, q, k, v, heads, mask=mask, **kwargs)
         if text_refiners and q.shape[2] < plan.length and not calls:  # a refiner, before the joint blocks
             if len(refined) >= text_refiners:

@@ -1,4 +1,4 @@
-"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image, Z-Image or SD3 / SD3.5 model for regional prompting (region-aware attention in the chosen
+"""Patch a FLUX.1, Chroma, Qwen-Image, FLUX.2, LongCat-Image, Z-Image, SD3 / SD3.5 or Krea 2 model for regional prompting (region-aware attention in the chosen
 blocks and steps)."""
 
 from comfy_api.latest import io
@@ -8,6 +8,7 @@ from ..attention_patches.families import (
     FAMILIES,
     FLUX1,
     FLUX2,
+    KREA2,
     LONGCAT_IMAGE,
     QWEN_IMAGE,
     SD3,
@@ -51,11 +52,23 @@ def model_family(model) -> tuple[ModelFamily, object]:
         return ZIMAGE, diffusion_model
     if type(diffusion_model) is OpenAISignatureMMDITWrapper and hasattr(diffusion_model, "joint_blocks"):  # SD3, 3.5
         return SD3, diffusion_model
+    if _host_class("comfy.ldm.krea2.model", "SingleStreamDiT") is type(diffusion_model):  # newer hosts only
+        return KREA2, diffusion_model
     supported = ", ".join(f.name for f in FAMILIES.values())
     raise ValueError(
         f"Regional FLUX Patch: model is {type(diffusion_model).__name__}, which regional prompting does "
         f"not support yet; connect a model of one of these families: {supported} (UNETLoader)"
     )
+
+
+def _host_class(module: str, name: str):
+    """A model class of ComfyUI's that only newer hosts have (Krea 2 since v0.30), or None on this host."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 def context_width(diffusion_model, family: ModelFamily = FLUX1) -> int:
@@ -64,6 +77,8 @@ def context_width(diffusion_model, family: ModelFamily = FLUX1) -> int:
     params = getattr(diffusion_model, "params", None)
     if params is not None and hasattr(params, "context_in_dim"):
         return params.context_in_dim
+    if hasattr(diffusion_model, "txtfusion"):  # Krea 2: the encoder's layers side by side per token
+        return diffusion_model.txtlayers * diffusion_model.txtdim
     if hasattr(diffusion_model, "cap_embedder"):
         return diffusion_model.cap_embedder[1].in_features
     return getattr(diffusion_model, family.text_in).in_features
@@ -98,7 +113,7 @@ class RegionalFluxPatch(io.ComfyNode):
                 io.Model.Input(
                     "model",
                     tooltip="A FLUX.1 (dev, schnell, Krea-dev, Kontext, Fill/Canny/Depth), Chroma, Qwen-Image, FLUX.2, "
-                    "LongCat-Image, Z-Image or SD3 / SD3.5 model (LoRAs may be applied before).",
+                    "LongCat-Image, Z-Image, SD3 / SD3.5 or Krea 2 model (LoRAs may be applied before).",
                 ),
                 RegionalCond.Input("regional_cond", tooltip="From Regional Prompt Encode (FLUX)."),
                 io.Float.Input(
@@ -132,8 +147,8 @@ class RegionalFluxPatch(io.ComfyNode):
                     "single_blocks",
                     default="all",
                     tooltip="Single-stream blocks that are masked: 'all', 'none', 'every 2' or a list "
-                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, numbered from 0; Qwen-Image, Z-Image and SD3 have none). "
-                    "In the "
+                    "like '0-37' (FLUX.1 has 38, FLUX.2 dev 48, Krea 2 28, numbered from 0; Qwen-Image, Z-Image and SD3 "
+                    "have none). In the "
                     "other blocks the region prompts still take part, without the mask (the "
                     "paper's code).",
                 ),

@@ -457,6 +457,41 @@ def small_zimage(
     return seeded(model, seed)
 
 
+def small_krea2(
+    features: int = 64,
+    heads: int = 2,
+    layers: int = 2,
+    seed: int = 0,
+    *,
+    txtdim: int = 32,
+    txtlayers: int = 3,
+    txtheads: int = 2,
+    dtype: torch.dtype | None = None,
+):
+    """A small Krea 2 from ComfyUI's own SingleStreamDiT (newer hosts only) at a small width, seeded random weights:
+    `layers` single-stream blocks, txtfusion over `txtlayers` encoder layers of width `txtdim` (the context is
+    txtlayers * txtdim wide; Krea 2: 12 x 2560, features 6144, 48 heads, 12 kv heads), GQA with heads / 2 kv heads,
+    2x2 patches over 16 latent channels. features / heads must be a multiple of 16 (the three RoPE axes)."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.krea2.model import SingleStreamDiT
+
+    model = SingleStreamDiT(
+        features=features,
+        heads=heads,
+        kvheads=max(heads // 2, 1),
+        layers=layers,
+        txtdim=txtdim,
+        txtlayers=txtlayers,
+        txtheads=txtheads,
+        txtkvheads=txtheads,
+        dtype=dtype or torch.float32,
+        device="cpu",
+        operations=comfy.ops.manual_cast,
+    )
+    return seeded(model, seed)
+
+
 def with_host_fields(params_class, config: dict, **fields) -> dict:
     """`config` plus those of `fields` this host's params dataclass declares (v0.30 added txt_ids_dims to Flux and
     Chroma, and vec_in_dim to Chroma; 0.3.76 has neither)."""

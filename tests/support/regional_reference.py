@@ -137,18 +137,22 @@ def naive_separate_texts(q, k, v, text_lens, filler):
     return out.transpose(1, 2).reshape(B, L, H * D)
 
 
-def reference_override(plan, beta, double, single, calls, soft=False, text_refiners=0, turn=None):
+def reference_override(plan, beta, double, single, calls, soft=False, text_refiners=0, turn=None, per_token=0):
     """An attention override computing the naive reference for every joint attention of the tiny FLUX: masked in
     the chosen blocks, unmasked (official rule) in the others; `soft`: with the plan's soft weights. Hosts without
     block info (Z-Image on 0.3.76): the joint calls are counted, all "double". `text_refiners` (Z-Image): the model
     first runs that many caption-only attentions (each text alone: naive_separate_texts), then image-only ones
     (plain), all shorter than the joint sequence. `turn` (Z-Image): a function moving the joint calls' q and k to
-    other RoPE positions first."""
+    other RoPE positions first. `per_token` (Krea 2): before the text refiners, that many attentions over each
+    token's text-encoder layers (no token sees another): plain."""
     allow = soft_allow(plan.text_lens, plan.masks.weights) if soft else None  # the loops once, not per call
-    refiners = []
+    refiners, prelude = [], []
 
     def override(func, q, k, v, heads, mask=None, **kwargs):
         opts = kwargs.get("transformer_options") or {}
+        if len(prelude) < per_token:
+            prelude.append(q.shape[2])
+            return func(q, k, v, heads, mask=mask, **kwargs)
         if q.shape[2] < plan.length and not calls:
             refiners.append(q.shape[2])
             if len(refiners) <= text_refiners:
