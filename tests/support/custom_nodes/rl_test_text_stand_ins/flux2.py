@@ -9,10 +9,11 @@ reads neither). The pictures mean nothing.
 
 The tokenizer: the real one is the tekken.json stored inside the 24B file, which the tests do not have, and
 ComfyUI's load_mistral_tokenizer calls transformers' MistralConverter(vocab=...), whose signature transformers 5
-changed to MistralConverter(vocab_file); so the Mistral tokenizer here is ComfyUI's Mistral3Tokenizer with its
-own arguments, fed a small tekken-format vocabulary (Mistral's first 20 special tokens, the 256 bytes, pieces of
-the template's words) converted through the transformers 5 API. Flux2Tokenizer's template and its
-tokenize_with_weights are ComfyUI's own."""
+changed to MistralConverter(vocab_file). So the Mistral tokenizer here is a subclass of ComfyUI's Mistral3Tokenizer
+given the arguments ComfyUI gives it (copied), on a small tekken-format vocabulary (Mistral's first 20 special
+tokens, the 256 bytes, pieces of the template's words) converted through the transformers 5 API; Flux2Tokenizer's
+tokenize_with_weights is ComfyUI's own, with its template (copied: its __init__, which sets it, cannot run here).
+A prompt is then 35 tokens or so, [1, 17 [SYSTEM_PROMPT], ..., 18, 3 [INST], prompt, 4 [/INST]]."""
 
 from __future__ import annotations
 
