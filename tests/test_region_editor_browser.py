@@ -442,3 +442,4 @@ def test_shipped_workflows_load_without_missing_nodes_errors_or_toasts(browser, 
         assert browser.toasts()[toasts_before:] == [], f"{path.name}: toasts {browser.toasts()[toasts_before:]}"
         # Text encoders too big for tiny files (Qwen-Image's Qwen2.5-VL 7B) are queued as their test-only stand-ins.
         accepted_then_stopped(comfy_server, use_text_encoder_stand_ins(loaded["prompt"]))
+        comfy_server.free()  # a loader that ran before the interrupt (FLUX.2's: 9 GB on CPU) lets go of its model

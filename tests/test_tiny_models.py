@@ -105,6 +105,23 @@ def test_qwen_image_files_are_detected(files):
     assert (vae.latent_channels, vae.latent_dim, vae.downscale_index_formula) == (16, 3, (4, 8, 8))
 
 
+def test_flux2_files_are_detected(files):
+    """The FLUX.2 dev transformer as ComfyUI's detection reads it (full width 6144, 1 double + 1 single block, text
+    width 15360) and its VAE as ComfyUI's VAE class takes it (32 channels, batch-normed in 2x2 patches: 128 per
+    latent pixel, 16x down)."""
+    import comfy.sd
+    import comfy.utils
+    from comfy import model_detection
+
+    config = model_detection.model_config_from_unet(meta_state_dict(files["flux2_dev_fp8mixed.safetensors"]), "")
+    assert type(config).__name__ == "Flux2"
+    unet = config.unet_config
+    assert (unet["hidden_size"], unet["context_in_dim"], unet["in_channels"]) == (6144, 15360, 128)
+    assert (unet["depth"], unet["depth_single_blocks"]) == (tm.FLUX2_DOUBLE_BLOCKS, tm.FLUX2_SINGLE_BLOCKS)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(files["flux2-vae.safetensors"])))
+    assert (vae.latent_channels, vae.downscale_ratio) == (128, 16)
+
+
 def test_gligen_loads_with_comfyui_loader(files):
     import comfy.sd
 

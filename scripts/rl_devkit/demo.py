@@ -24,7 +24,7 @@ TINY_MAX_STEPS = 4
 # Test-only text encoders (tests/support/custom_nodes/rl_test_text_stand_ins) for those too big to write as tiny
 # files, by CLIPLoader type: each is the family's real encoder class at the real width with 1 layer.
 TEST_NODES = REPO / "tests" / "support" / "custom_nodes"
-TEXT_ENCODER_STAND_INS = {"qwen_image": "RLTest_QwenImageTextStandIn"}
+TEXT_ENCODER_STAND_INS = {"qwen_image": "RLTest_QwenImageTextStandIn", "flux2": "RLTest_Flux2TextStandIn"}
 
 
 def shrink_for_tiny_models(prompt: dict) -> dict:

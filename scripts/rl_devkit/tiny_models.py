@@ -158,6 +158,12 @@ FLUX_LORA_LAYERS = (
 # An XLabs-format FLUX ControlNet (what ComfyUI's loader routes to load_controlnet_flux_xlabs_mistoline): the
 # FLUX.1 trunk without final layer, controlnet_blocks and the hint encoder; real ones have 2 double blocks, 0 single.
 FLUX_CONTROLNET_DOUBLE_BLOCKS = 1
+# FLUX.2 dev as UNETLoader detects it: 6144 wide (the floor host hard-codes 48 heads of 128 whatever the width),
+# text width 15360 (three taps of Mistral 3 Small's 5120, as the test-only text encoder stand-in gives); the block
+# counts are free. Its VAE: the KL-f8 trunk with 32 latent channels, batch-normed in 2x2 patches (128 per token).
+FLUX2_DOUBLE_BLOCKS = 1
+FLUX2_SINGLE_BLOCKS = 1
+FLUX2_VAE_LATENT_CHANNELS = 32
 
 _SAFETENSORS_DTYPES = {
     "float32": "F32",
@@ -226,6 +232,13 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
             _flux_controlnet_xlabs,
             {"depth": FLUX_CONTROLNET_DOUBLE_BLOCKS},
         ),
+        TinyModel(
+            "diffusion_models/flux2_dev_fp8mixed.safetensors",
+            "float8_e4m3fn",
+            _flux2,
+            {"depth": FLUX2_DOUBLE_BLOCKS, "depth_single_blocks": FLUX2_SINGLE_BLOCKS},
+        ),
+        TinyModel("vae/flux2-vae.safetensors", "bfloat16", _flux2_vae, {"latent_channels": FLUX2_VAE_LATENT_CHANNELS}),
     ]
     if include_t5:
         models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
@@ -773,6 +786,37 @@ def _flux_controlnet_xlabs(depth: int) -> dict:
         or detected.unet_config.get("depth") != depth
     ):
         raise RuntimeError(f"ComfyUI does not detect this ControlNet as a {depth}-block FLUX.1 trunk")
+    return tensors
+
+
+def _flux2(depth: int, depth_single_blocks: int) -> dict:
+    """A FLUX.2 dev diffusion model file (UNETLoader): the transformer's keys with no prefix, full width."""
+    import comfy.supported_models as sm
+
+    config = flux2_params({**FLUX2_DIT, "depth": depth, "depth_single_blocks": depth_single_blocks})
+    tensors = dict(sm.Flux2(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", sm.Flux2, config)
+    return tensors
+
+
+def _flux2_vae(latent_channels: int) -> dict:
+    """FLUX.2's VAE (VAELoader) in the layout of flux2-vae.safetensors: the KL-f8 trunk with quant convs under
+    encoder./decoder., and the latent batch norm (`bn.*`, which ComfyUI's VAE class reads as 2x2-patchified
+    latents). Its running statistics are real values (mean 0, variance 1): random ones could be negative."""
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {**_KL_VAE, "z_channels": latent_channels, "batch_norm_latent": True}
+    with torch.device("meta"):  # the class takes no device argument
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=latent_channels)
+    tensors = {}
+    for key, tensor in vae.state_dict().items():
+        if key.startswith(("quant_conv.", "post_quant_conv.")):
+            key = ("encoder." if key.startswith("quant_conv.") else "decoder.") + key
+        tensors[key] = tensor
+    width = tensors["bn.running_mean"].shape[0]
+    tensors.update({"bn.running_mean": torch.zeros(width), "bn.running_var": torch.ones(width)})
+    tensors["bn.num_batches_tracked"] = torch.tensor(0)
     return tensors
 
 

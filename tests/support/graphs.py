@@ -20,6 +20,11 @@ QWEN_IMAGE_VAE = "qwen_image_vae.safetensors"
 QWEN_IMAGE_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image template
 
 
+FLUX2_UNET = "flux2_dev_fp8mixed.safetensors"
+FLUX2_VAE = "flux2-vae.safetensors"
+FLUX2_GUIDANCE = 4.0  # FluxGuidance in ComfyUI's FLUX.2 template
+
+
 def graph() -> GraphBuilder:
     return GraphBuilder(prefix="")
 
@@ -413,3 +418,18 @@ def lsregen_pipeline(
     overlay = g.node("RL_RegionOverlay", id="overlay", image=decoded.out(0), regions=regions.out(0), opacity=0.4)
     g.node("SaveImage", id="save_overlay", images=overlay.out(0), filename_prefix="lsregen/overlay")
     return g
+
+
+def flux2_models(g: GraphBuilder, *, unet: str = FLUX2_UNET):
+    """(model, clip, vae) outputs as in ComfyUI's FLUX.2 template (UNETLoader, the FLUX.2 VAE), with the test-only
+    FLUX.2 text encoder stand-in (tests/support/custom_nodes) for Mistral 3 Small 24B."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+    clip = g.node("RLTest_Flux2TextStandIn")
+    vae = g.node("VAELoader", vae_name=FLUX2_VAE)
+    return model.out(0), clip.out(0), vae.out(0)
+
+
+def regional_flux2(**kwargs) -> dict:
+    """regional_flux's graph on the tiny FLUX.2 (its template's loaders, latent and guidance)."""
+    defaults = dict(unet=FLUX2_UNET, models=flux2_models, guidance=FLUX2_GUIDANCE, latent_node="EmptyFlux2LatentImage")
+    return regional_flux(**{**defaults, **kwargs})

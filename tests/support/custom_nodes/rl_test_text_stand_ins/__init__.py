@@ -54,4 +54,6 @@ class QwenImageTextStandIn:
         return (qwen_image_text_stand_in(),)
 
 
-NODE_CLASS_MAPPINGS = {"RLTest_QwenImageTextStandIn": QwenImageTextStandIn}
+from .flux2 import Flux2TextStandIn  # noqa: E402  (FLUX.2's Mistral 3 Small 24B)
+
+NODE_CLASS_MAPPINGS = {"RLTest_QwenImageTextStandIn": QwenImageTextStandIn, "RLTest_Flux2TextStandIn": Flux2TextStandIn}
