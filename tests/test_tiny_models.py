@@ -122,6 +122,29 @@ def test_flux2_files_are_detected(files):
     assert (vae.latent_channels, vae.downscale_ratio) == (128, 16)
 
 
+def test_sd3_files_are_detected(files):
+    """The SD3.5 Medium-like MMDiT as UNETLoader's detection reads it (SD3, 2 joint blocks, so 128 wide; the real
+    text width 4096 and pooled width 2048; image-only attention in block 0; RMS q/k norms) and the FLUX.1 VAE file
+    as SD3's VAE: the same 16-channel KL VAE without quant convs (the latent scale and shift are the model's), so
+    it decodes an SD3 latent 8x up."""
+    import comfy.latent_formats
+    import comfy.sd
+    import comfy.utils
+    from comfy import model_detection
+
+    config = model_detection.model_config_from_unet(meta_state_dict(files["sd3.5_medium.safetensors"]), "")
+    assert type(config).__name__ == "SD3"
+    unet = config.unet_config
+    assert (unet["depth"], unet["adm_in_channels"], unet["in_channels"]) == (tm.SD3_DEPTH, 2048, 16)
+    assert unet["context_embedder_config"]["params"] == {"in_features": 4096, "out_features": 64 * tm.SD3_DEPTH}
+    assert (unet["x_block_self_attn_layers"], unet["qk_norm"]) == ([0], "rms")
+    assert config.latent_format.latent_channels == 16 and isinstance(config.latent_format, comfy.latent_formats.SD3)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(files["ae.safetensors"])))
+    assert (vae.latent_channels, vae.downscale_ratio) == (16, 8)
+    decoded = vae.decode(torch.randn(1, 16, 3, 5, generator=torch.Generator().manual_seed(0)))
+    assert decoded.shape == (1, 24, 40, 3) and torch.isfinite(decoded).all()
+
+
 def test_gligen_loads_with_comfyui_loader(files):
     import comfy.sd
 

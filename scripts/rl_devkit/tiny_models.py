@@ -164,6 +164,22 @@ FLUX_CONTROLNET_DOUBLE_BLOCKS = 1
 FLUX2_DOUBLE_BLOCKS = 1
 FLUX2_SINGLE_BLOCKS = 1
 FLUX2_VAE_LATENT_CHANNELS = 32
+# SD3.5 Medium as UNETLoader detects an MMDiT: the width is 64 x depth (depth heads of 64), so the block count is
+# the width; the text width (CLIP-L | CLIP-G widened to 4096, T5's 4096) and the pooled width (768 + 1280) are
+# read from the file and stay real. Medium's first 13 blocks have the image-only x_block_self_attn: block 0 here.
+SD3_DIT: dict[str, Any] = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "input_size": None,
+    "adm_in_channels": 2048,
+    "qk_norm": "rms",
+    "pos_embed_scaling_factor": None,
+    "num_patches": 64 * 64,  # pos_embed_max_size 64: up to 1024 px a side (Medium's 384 adds 36 MB, no coverage)
+    "pos_embed_max_size": 64,
+    "x_block_self_attn_layers": [0],
+}
+SD3_DEPTH = 2
 
 _SAFETENSORS_DTYPES = {
     "float32": "F32",
@@ -239,6 +255,7 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
             {"depth": FLUX2_DOUBLE_BLOCKS, "depth_single_blocks": FLUX2_SINGLE_BLOCKS},
         ),
         TinyModel("vae/flux2-vae.safetensors", "bfloat16", _flux2_vae, {"latent_channels": FLUX2_VAE_LATENT_CHANNELS}),
+        TinyModel("diffusion_models/sd3.5_medium.safetensors", "float16", _sd3, {"depth": SD3_DEPTH}),
     ]
     if include_t5:
         models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
@@ -796,6 +813,25 @@ def _flux2(depth: int, depth_single_blocks: int) -> dict:
     config = flux2_params({**FLUX2_DIT, "depth": depth, "depth_single_blocks": depth_single_blocks})
     tensors = dict(sm.Flux2(config).get_model({}, device=_meta()).diffusion_model.state_dict())
     _check_unet_detection(tensors, "", sm.Flux2, config)
+    return tensors
+
+
+def _sd3(depth: int) -> dict:
+    """An SD3.5 Medium-like diffusion model file (UNETLoader): the MMDiT's keys with no prefix, `depth` joint
+    blocks (so 64 x depth wide). pos_embed is a buffer the real file stores (learnt, O(1)): seeded N(0, 1) here."""
+    import comfy.supported_models as sm
+
+    config = {
+        **SD3_DIT,
+        "depth": depth,
+        "context_embedder_config": {
+            "target": "torch.nn.Linear",
+            "params": {"in_features": 4096, "out_features": 64 * depth},
+        },
+    }
+    tensors = dict(sm.SD3(config).get_model({}, device=_meta()).diffusion_model.state_dict())
+    tensors["pos_embed"] = _randn("pos_embed", tuple(tensors["pos_embed"].shape), BASE_SEED)
+    _check_unet_detection(tensors, "", sm.SD3, config)
     return tensors
 
 
