@@ -23,6 +23,8 @@ QWEN_IMAGE_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image 
 FLUX2_UNET = "flux2_dev_fp8mixed.safetensors"
 FLUX2_VAE = "flux2-vae.safetensors"
 FLUX2_GUIDANCE = 4.0  # FluxGuidance in ComfyUI's FLUX.2 template
+SD3_UNET = "sd3.5_medium.safetensors"
+SD3_SHIFT = 3.0  # ModelSamplingSD3's shift in ComfyUI's SD3.5 template
 
 
 def graph() -> GraphBuilder:
@@ -433,3 +435,20 @@ def regional_flux2(**kwargs) -> dict:
     """regional_flux's graph on the tiny FLUX.2 (its template's loaders, latent and guidance)."""
     defaults = dict(unet=FLUX2_UNET, models=flux2_models, guidance=FLUX2_GUIDANCE, latent_node="EmptyFlux2LatentImage")
     return regional_flux(**{**defaults, **kwargs})
+
+
+def sd3_models(g: GraphBuilder, *, unet: str = SD3_UNET):
+    """(model, clip, vae) outputs for the tiny SD3.5 Medium-like MMDiT: UNETLoader -> ModelSamplingSD3 (shift 3),
+    ComfyUI's SD3 text encoder on CLIP-L alone (CLIPLoader type sd3: CLIP-L widened to 4096, the pooled CLIP-G
+    half zero; a real CLIP-G is 32 layers at 1280 whatever the file holds), and the 16-channel KL VAE that FLUX.1
+    and SD3 share (ae.safetensors)."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+    shifted = g.node("ModelSamplingSD3", model=model.out(0), shift=SD3_SHIFT)
+    clip = g.node("CLIPLoader", clip_name=CLIP_L, type="sd3", device="default")
+    vae = g.node("VAELoader", vae_name=FLUX_VAE)
+    return shifted.out(0), clip.out(0), vae.out(0)
+
+
+def regional_sd3(**kwargs) -> dict:
+    """regional_flux's graph on the tiny SD3.5 (its template's shift and latent, no FluxGuidance)."""
+    return regional_flux(**{"unet": SD3_UNET, "models": sd3_models, "guidance": None, **kwargs})
