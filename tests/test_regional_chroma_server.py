@@ -4,41 +4,23 @@ ComfyUI's UNETLoader detects Chroma), the Regional FLUX Patch node, KSampler, 2 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from rl_devkit.demo import shrink_for_tiny_models
 from support import graphs
+from support.family_server import WORKFLOWS, image, latent, run
 from support.workflows import check_ui_matches_api
 
 pytestmark = pytest.mark.server
 
 SIZE = dict(width=112, height=72)  # not multiples of 16: latent 9 x 14, 5 x 7 tokens
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 LEFT_COLS = 6  # latent columns 0-5: token columns 0-2, all inside region 1 (the left half: 56 px = 7 latent cols)
 
 
 def chroma(**kwargs) -> dict:
     return graphs.regional_flux(unet=graphs.CHROMA_UNET, **{"cfg": 2.0, "negative": "blurry", **SIZE, **kwargs})
-
-
-def run(server, prompt: dict):
-    result = server.run(prompt)
-    assert result.status == "success", result.error
-    return result
-
-
-def image(server, prompt: dict) -> np.ndarray:
-    return np.asarray(server.images(run(server, prompt), "save")[0]).astype(np.int16)
-
-
-def latent(server, prompt: dict) -> torch.Tensor:
-    result = run(server, prompt)
-    entry = result.outputs["save_latent"]["latents"][0]
-    return safetensors.torch.load_file(str(server.output_dir / entry["subfolder"] / entry["filename"]))["latent_tensor"]
 
 
 def test_chroma_plain_regional_plain_and_off_switch(comfy_server):
