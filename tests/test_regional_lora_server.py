@@ -178,8 +178,9 @@ def test_ui_workflow_matches_its_api_twin(lora_server):
 
 @pytest.mark.slow
 def test_shipped_workflow_api_twin(lora_server):
-    """The example (real T5 through DualCLIPLoader) runs shrunk, with this module's LoRA files in place of the
-    example's."""
+    """The example runs shrunk, with this module's LoRA files in place of the example's and CLIP-L through the
+    SD3 loader (FLUX's cond and pooled widths) in place of its DualCLIPLoader: the real T5 path through the server
+    is the FLUX example's test (test_regional_flux_server.py); here its T5-XXL encodes cost two minutes per host."""
     from rl_devkit.demo import shrink_for_tiny_models
 
     prompt = shrink_for_tiny_models(json.loads((WORKFLOWS / "api" / "regional_lora.json").read_text()))
@@ -187,6 +188,10 @@ def test_shipped_workflow_api_twin(lora_server):
     for node in prompt.values():
         if node["class_type"] == "RL_RegionalLora":
             node["inputs"]["lora_name"] = next(loras)
+        elif node["class_type"] == "DualCLIPLoader":
+            node.update(
+                class_type="CLIPLoader", inputs={"clip_name": graphs.CLIP_L, "type": "sd3", "device": "default"}
+            )
     result = lora_server.run(prompt, timeout=1500)
     assert result.status == "success", result.error
     assert len([n for n, out in result.outputs.items() if out.get("images")]) >= 2

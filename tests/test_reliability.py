@@ -21,7 +21,7 @@ from support import graphs
 
 pytestmark = pytest.mark.server
 
-SOAK_COUNT = int(os.environ.get("RL_SOAK_COUNT", "60"))
+SOAK_COUNT = int(os.environ.get("RL_SOAK_COUNT", "40"))
 # Of the settled RSS (about 1 GiB: ComfyUI and torch, every model released): 10 % is far less than one leaked model
 # of the soak (the tiny FLUX alone is 1 GiB), and allocator noise stays under it (+2.5 % measured over 100 prompts). Slow leaks show in the long run (RL_SOAK_COUNT=1000, docs/benchmarks.md).
 MAX_RSS_GROWTH = 0.10
