@@ -189,9 +189,7 @@ def test_shipped_workflow_api_twin(lora_server):
         if node["class_type"] == "RL_RegionalLora":
             node["inputs"]["lora_name"] = next(loras)
         elif node["class_type"] == "DualCLIPLoader":
-            node.update(
-                class_type="CLIPLoader", inputs={"clip_name": graphs.CLIP_L, "type": "sd3", "device": "default"}
-            )
+            node.update(class_type="CLIPLoader", inputs=dict(graphs.FLUX_TEXT_STAND_IN))
     result = lora_server.run(prompt, timeout=1500)
     assert result.status == "success", result.error
     assert len([n for n, out in result.outputs.items() if out.get("images")]) >= 2

@@ -31,6 +31,10 @@ def graph() -> GraphBuilder:
     return GraphBuilder(prefix="")
 
 
+# CLIP-L through ComfyUI's SD3 loader: the cond and pooled widths FLUX takes, without the minutes of T5-XXL encodes
+FLUX_TEXT_STAND_IN = dict(clip_name=CLIP_L, type="sd3", device="default")
+
+
 def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET):
     """(model, clip, vae) outputs. The fast text encoder is CLIP-L through the SD3 loader, whose cond and
     pooled widths match FLUX; `real_t5` uses DualCLIPLoader(type=flux)."""
@@ -38,7 +42,7 @@ def flux_models(g: GraphBuilder, *, real_t5: bool = False, unet: str = FLUX_UNET
     if real_t5:
         clip = g.node("DualCLIPLoader", clip_name1=CLIP_L, clip_name2=T5XXL, type="flux", device="default")
     else:
-        clip = g.node("CLIPLoader", clip_name=CLIP_L, type="sd3", device="default")
+        clip = g.node("CLIPLoader", **FLUX_TEXT_STAND_IN)
     vae = g.node("VAELoader", vae_name=FLUX_VAE)
     return model.out(0), clip.out(0), vae.out(0)
 
