@@ -161,6 +161,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if models is None:
         cmd.append("--tiny")
+    if args.only:
+        cmd += ["--only", args.only]
     return subprocess.run(cmd, cwd=REPO, env=devkit_env()).returncode
 
 
@@ -238,6 +240,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     demo = sub.add_parser("demo", help="run the example workflows headless and write images to outputs/")
     demo.add_argument("--models", help="a ComfyUI models folder with real weights (default: tiny random models)")
     demo.add_argument("--out", default=str(REPO / "outputs"), help="where the images go")
+    demo.add_argument("--only", help="run only the workflows whose file name contains this")
     demo.set_defaults(func=cmd_demo)
     server = sub.add_parser("server", help="start ComfyUI with this pack and the tiny models, for a browser")
     server.add_argument("--port", type=int, default=8188)

@@ -1,10 +1,11 @@
 """Regional prompting on SD3 / SD3.5 through the real ComfyUI server: the tiny SD3.5 Medium-like MMDiT (2 joint
 blocks, 128 wide, image-only x_block attention in block 0, the real text width 4096 and pooled width 2048, as
 UNETLoader detects SD3), ModelSamplingSD3 shift 3 and EmptySD3LatentImage as in ComfyUI's SD3.5 template, the
-Regional FLUX Patch node, KSampler, 2 steps. The text encoder is ComfyUI's own SD3 encoder on the tiny CLIP-L
-(CLIPLoader type sd3): a CLIP-G is 32 layers at 1280 whatever its file holds (ComfyUI builds it from its own
-config), too slow on CPU; the conditioning is then [B, 77, 4096], and each region text is its prompt's whole
-padded 77 tokens. The VAE is ae.safetensors: FLUX.1's and SD3's VAE are the same 16-channel KL VAE.
+Regional FLUX Patch node, KSampler, 2 steps; and the shipped SD3.5 workflow (CheckpointLoaderSimple). The text
+encoder is ComfyUI's own SD3 encoder on the tiny CLIP-L (CLIPLoader type sd3): a CLIP-G is 32 layers at 1280
+whatever its file holds (ComfyUI builds it from its own config), too slow on CPU; the conditioning is then
+[B, 77, 4096], and each region text is its prompt's whole padded 77 tokens. The VAE is ae.safetensors: FLUX.1's
+and SD3's VAE are the same 16-channel KL VAE.
 
 Cost (2 cores, floor host): the module takes about a minute."""
 
@@ -13,7 +14,13 @@ from __future__ import annotations
 import pytest
 from conftest import start_server
 from support import graphs
-from support.family_server import ISOLATION_CASES, check_batch_with_cfg, check_isolation, check_off_switches
+from support.family_server import (
+    ISOLATION_CASES,
+    check_batch_with_cfg,
+    check_isolation,
+    check_off_switches,
+    check_shipped_workflow,
+)
 
 pytestmark = pytest.mark.server
 
@@ -58,3 +65,9 @@ def test_batch_with_cfg_and_a_negative_prompt(server):
     """A batch of 2 with CFG 4.5 and a negative prompt (as the SD3.5 template), at a size that is not a multiple
     of 16 px (an odd latent, padded to whole tokens)."""
     check_batch_with_cfg(server, sd3, shape=(56, 88, 3), cfg=4.5, width=88, height=56, boxes=None)
+
+
+def test_shipped_sd35_workflow(server):
+    """workflows/regional_sd35.json (CheckpointLoaderSimple with SD3.5 Medium, TripleCLIPLoader, ComfyUI's SD3.5
+    template sampling), with CLIP-L through ComfyUI's SD3 encoder in place of its TripleCLIPLoader."""
+    check_shipped_workflow(server, "regional_sd35", None)

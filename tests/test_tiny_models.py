@@ -122,18 +122,23 @@ def test_flux2_files_are_detected(files):
     assert (vae.latent_channels, vae.downscale_ratio) == (128, 16)
 
 
-def test_sd3_files_are_detected(files):
+def test_sd3_files_are_detected(files, tiny_models):
     """The SD3.5 Medium-like MMDiT as UNETLoader's detection reads it (SD3, 2 joint blocks, so 128 wide; the real
     text width 4096 and pooled width 2048; image-only attention in block 0; RMS q/k norms) and the FLUX.1 VAE file
     as SD3's VAE: the same 16-channel KL VAE without quant convs (the latent scale and shift are the model's), so
-    it decodes an SD3 latent 8x up."""
+    it decodes an SD3 latent 8x up. The checkpoint of the same name (CheckpointLoaderSimple, the shipped SD3.5
+    workflow) holds the same MMDiT under model.diffusion_model."""
     import comfy.latent_formats
     import comfy.sd
     import comfy.utils
     from comfy import model_detection
 
-    config = model_detection.model_config_from_unet(meta_state_dict(files["sd3.5_medium.safetensors"]), "")
+    config = model_detection.model_config_from_unet(meta_state_dict(tiny_models / tm.SD35_UNET_FILE), "")
     assert type(config).__name__ == "SD3"
+    checkpoint = meta_state_dict(tiny_models / tm.SD35_CHECKPOINT_FILE)
+    in_checkpoint = model_detection.model_config_from_unet(checkpoint, "model.diffusion_model.")
+    assert type(in_checkpoint).__name__ == "SD3" and in_checkpoint.unet_config == config.unet_config
+    assert "first_stage_model.decoder.conv_in.weight" in checkpoint
     unet = config.unet_config
     assert (unet["depth"], unet["adm_in_channels"], unet["in_channels"]) == (tm.SD3_DEPTH, 2048, 16)
     assert unet["context_embedder_config"]["params"] == {"in_features": 4096, "out_features": 64 * tm.SD3_DEPTH}
@@ -143,6 +148,18 @@ def test_sd3_files_are_detected(files):
     assert (vae.latent_channels, vae.downscale_ratio) == (16, 8)
     decoded = vae.decode(torch.randn(1, 16, 3, 5, generator=torch.Generator().manual_seed(0)))
     assert decoded.shape == (1, 24, 40, 3) and torch.isfinite(decoded).all()
+
+
+def test_zimage_file_is_detected(files):
+    """The Z-Image transformer as ComfyUI's detection reads it: the Z-Image branch (full width, pad tokens) with
+    1 joint layer; the refiners are the class default (2 + 2), so the file must hold both of each."""
+    from comfy import model_detection
+
+    sd = meta_state_dict(files["z_image_turbo_bf16.safetensors"])
+    config = model_detection.model_config_from_unet(sd, "")
+    assert type(config).__name__ == "ZImage"
+    assert config.unet_config["n_layers"] == tm.ZIMAGE_LAYERS and config.unet_config["pad_tokens_multiple"] == 32
+    assert {"noise_refiner.1.attention.qkv.weight", "context_refiner.1.attention.qkv.weight"} <= set(sd)
 
 
 def test_gligen_loads_with_comfyui_loader(files):

@@ -24,7 +24,18 @@ TINY_MAX_STEPS = 4
 # Test-only text encoders (tests/support/custom_nodes/rl_test_text_stand_ins) for those too big to write as tiny
 # files, by CLIPLoader type: each is the family's real encoder class at the real width with 1 layer.
 TEST_NODES = REPO / "tests" / "support" / "custom_nodes"
-TEXT_ENCODER_STAND_INS = {"qwen_image": "RLTest_QwenImageTextStandIn", "flux2": "RLTest_Flux2TextStandIn"}
+# Z-Image's template loads Qwen3 4B as CLIPLoader type lumina2 (ComfyUI picks the encoder from the file's keys).
+TEXT_ENCODER_STAND_INS = {
+    "qwen_image": "RLTest_QwenImageTextStandIn",
+    "flux2": "RLTest_Flux2TextStandIn",
+    "lumina2": "RLTest_ZImageTextStandIn",
+}
+# SD3.5's TripleCLIPLoader (CLIP-L, CLIP-G, T5-XXL) runs as ComfyUI's SD3 text encoder on the tiny CLIP-L alone: a
+# CLIP-G is 32 layers at 1280 whatever its file holds, too slow on CPU (the conditioning keeps SD3's widths).
+TRIPLE_CLIP_STAND_IN = {
+    "class_type": "CLIPLoader",
+    "inputs": {"clip_name": "clip_l.safetensors", "type": "sd3", "device": "default"},
+}
 
 
 def shrink_for_tiny_models(prompt: dict) -> dict:
@@ -45,11 +56,14 @@ def shrink_for_tiny_models(prompt: dict) -> dict:
 
 def use_text_encoder_stand_ins(prompt: dict) -> dict:
     """Each CLIPLoader of a type in TEXT_ENCODER_STAND_INS replaced by its test-only stand-in node (the server
-    must load TEST_NODES); the same outputs, so the rest of the workflow is unchanged."""
+    must load TEST_NODES), and each TripleCLIPLoader by TRIPLE_CLIP_STAND_IN; the same outputs, so the rest of the
+    workflow is unchanged."""
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
         if node.get("class_type") == "CLIPLoader" and node["inputs"].get("type") in TEXT_ENCODER_STAND_INS:
             node.update(class_type=TEXT_ENCODER_STAND_INS[node["inputs"]["type"]], inputs={})
+        elif node.get("class_type") == "TripleCLIPLoader":
+            node.update(json.loads(json.dumps(TRIPLE_CLIP_STAND_IN)))
     return prompt
 
 

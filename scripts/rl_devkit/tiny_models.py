@@ -96,6 +96,17 @@ FLUX2_DIT: dict[str, Any] = {
 QWEN_IMAGE_DIT: dict[str, Any] = {"image_model": "qwen_image", "in_channels": 64}
 QWEN_IMAGE_BLOCKS = 1
 WAN21_VAE_DIM = 96  # the real Wan 2.1 / Qwen-Image VAE's base width
+# Z-Image as ComfyUI detects it: the Z-Image branch needs the full width (cap_embedder 2560 -> 3840) and the pad
+# tokens; the joint layers are counted, the 2 + 2 refiner layers are the class default. Its VAE is FLUX's ae.
+ZIMAGE_UNET_CONFIG: dict[str, Any] = {
+    "image_model": "lumina2",
+    "dim": 3840,
+    "cap_feat_dim": 2560,
+    "n_heads": 30,
+    "n_kv_heads": 30,
+    "axes_dims": [32, 48, 48],
+}
+ZIMAGE_LAYERS = 1
 # UNet configs in the form model_detection.detect_unet_config derives from a checkpoint.
 _UNET_COMMON: dict[str, Any] = {
     "use_checkpoint": False,
@@ -180,6 +191,9 @@ SD3_DIT: dict[str, Any] = {
     "x_block_self_attn_layers": [0],
 }
 SD3_DEPTH = 2
+# The same MMDiT twice, under one name as users have it: for UNETLoader, and as Stability ships SD3.5 (with its VAE)
+SD35_UNET_FILE = "diffusion_models/sd3.5_medium.safetensors"
+SD35_CHECKPOINT_FILE = "checkpoints/sd3.5_medium.safetensors"
 
 _SAFETENSORS_DTYPES = {
     "float32": "F32",
@@ -227,6 +241,7 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
             "diffusion_models/qwen_image_bf16.safetensors", "bfloat16", _qwen_image, {"num_layers": QWEN_IMAGE_BLOCKS}
         ),
         TinyModel("vae/qwen_image_vae.safetensors", "bfloat16", _wan21_vae, {"dim": WAN21_VAE_DIM}),
+        TinyModel("diffusion_models/z_image_turbo_bf16.safetensors", "bfloat16", _zimage, {"n_layers": ZIMAGE_LAYERS}),
         TinyModel("text_encoders/clip_l.safetensors", "float16", _clip_l),
         TinyModel("vae/ae.safetensors", "float32", _kl_vae, {"latent_channels": 16, "quant_conv": False}),
         TinyModel(
@@ -255,7 +270,8 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
             {"depth": FLUX2_DOUBLE_BLOCKS, "depth_single_blocks": FLUX2_SINGLE_BLOCKS},
         ),
         TinyModel("vae/flux2-vae.safetensors", "bfloat16", _flux2_vae, {"latent_channels": FLUX2_VAE_LATENT_CHANNELS}),
-        TinyModel("diffusion_models/sd3.5_medium.safetensors", "float16", _sd3, {"depth": SD3_DEPTH}),
+        TinyModel(SD35_UNET_FILE, "float16", _sd3, {"depth": SD3_DEPTH}),
+        TinyModel(SD35_CHECKPOINT_FILE, "float16", _sd3_checkpoint, {"depth": SD3_DEPTH}),
     ]
     if include_t5:
         models.append(TinyModel("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "float8_e4m3fn", _t5xxl))
@@ -265,7 +281,8 @@ def tiny_models(include_t5: bool = True) -> list[TinyModel]:
 def ensure_tiny_models(
     out_dir: str | os.PathLike, *, include_t5: bool = True, log: Callable[[str], Any] = print
 ) -> dict[str, Path]:
-    """Write the missing tiny models into `out_dir`; returns file name -> path for every requested model.
+    """Write the missing tiny models into `out_dir`; returns the path of every requested model, by its path in
+    `out_dir` (a file name can sit in two folders: SD3.5 Medium).
 
     Complete files (recorded in the manifest with the same recipe and size) are kept, so a second call only
     reads the manifest and stats the files. Files are written under a temporary name and renamed when done.
@@ -280,7 +297,7 @@ def ensure_tiny_models(
                 if not _is_complete(out, model, manifest):
                     manifest["files"][model.path] = _generate(out, model, log)
                     _write_manifest(out, manifest)
-    return {m.name: out / m.path for m in wanted}
+    return {m.path: out / m.path for m in wanted}
 
 
 def small_flux(
@@ -743,6 +760,18 @@ def _qwen_image(num_layers: int) -> dict:
     return tensors
 
 
+def _zimage(n_layers: int) -> dict:
+    """A Z-Image diffusion model file (UNETLoader): NextDiT's keys with no prefix, full width, `n_layers` joint
+    layers and the class's 2 + 2 refiner layers (ComfyUI does not count those)."""
+    import comfy.supported_models as sm
+
+    config = {**ZIMAGE_UNET_CONFIG, "n_layers": n_layers, "pad_tokens_multiple": 32, "z_image_modulation": True}
+    detected = {**ZIMAGE_DIT, **config}
+    tensors = dict(sm.ZImage(detected).get_model({}, device=_meta()).diffusion_model.state_dict())
+    _check_unet_detection(tensors, "", sm.ZImage, config)
+    return tensors
+
+
 def _wan21_vae(dim: int) -> dict:
     """The Wan 2.1 VAE that Qwen-Image ships as qwen_image_vae.safetensors (VAELoader): ComfyUI's VAE class takes
     this layout for decoder.middle.0.residual.0.gamma without the Wan 2.2 upsampler key, its width from the head."""
@@ -833,6 +862,16 @@ def _sd3(depth: int) -> dict:
     tensors["pos_embed"] = _randn("pos_embed", tuple(tensors["pos_embed"].shape), BASE_SEED)
     _check_unet_detection(tensors, "", sm.SD3, config)
     return tensors
+
+
+def _sd3_checkpoint(depth: int) -> dict:
+    """SD3.5 Medium as Stability ships it (CheckpointLoaderSimple): the MMDiT under model.diffusion_model. and the
+    16-channel VAE under first_stage_model., no text encoders (ComfyUI's SD3.5 examples add a TripleCLIPLoader)."""
+    vae = _kl_vae(latent_channels=16, quant_conv=False)
+    return {
+        **{f"model.diffusion_model.{k}": v for k, v in _sd3(depth).items()},
+        **{f"first_stage_model.{k}": v for k, v in vae.items()},
+    }
 
 
 def _flux2_vae(latent_channels: int) -> dict:

@@ -81,9 +81,10 @@ def check_batch_with_cfg(server, graph: Graph, shape: tuple[int, ...], cfg: floa
     assert np.abs(single - both[1]).max() <= 1, "the second item differs from its batch-1 run"
 
 
-def check_shipped_workflow(server, name: str, clip_type: str) -> None:
+def check_shipped_workflow(server, name: str, clip_type: str | None) -> None:
     """workflows/<name>.json matches its API twin and has a thumbnail; the twin runs, shrunk for the tiny models,
-    with the test-only text encoder stand-in in place of its CLIPLoader of `clip_type`."""
+    with the test-only text encoder stand-in in place of its CLIPLoader of `clip_type`, or (`clip_type` None) in
+    place of its TripleCLIPLoader (SD3.5)."""
     from rl_devkit.demo import shrink_for_tiny_models, use_text_encoder_stand_ins
     from support.workflows import check_ui_matches_api
 
@@ -91,9 +92,10 @@ def check_shipped_workflow(server, name: str, clip_type: str) -> None:
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     assert (WORKFLOWS / f"{name}.jpg").stat().st_size > 1000
     check_ui_matches_api(server.object_info(), ui, api)
-    loader = next(node for node in api.values() if node["class_type"] == "CLIPLoader")
-    assert loader["inputs"]["type"] == clip_type
+    loader_class = "TripleCLIPLoader" if clip_type is None else "CLIPLoader"
+    loader = next(node for node in api.values() if node["class_type"] == loader_class)
+    assert loader["inputs"].get("type") == clip_type
     shrunk = use_text_encoder_stand_ins(shrink_for_tiny_models(api))
-    assert not any(node["class_type"] == "CLIPLoader" for node in shrunk.values())
+    assert not any(node["class_type"] == loader_class for node in shrunk.values())
     result = run(server, shrunk)
     assert len([node for node, out in result.outputs.items() if out.get("images")]) >= 2

@@ -18,6 +18,8 @@ CHROMA_UNET = "Chroma1-HD.safetensors"
 QWEN_IMAGE_UNET = "qwen_image_bf16.safetensors"
 QWEN_IMAGE_VAE = "qwen_image_vae.safetensors"
 QWEN_IMAGE_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image template
+ZIMAGE_UNET = "z_image_turbo_bf16.safetensors"
+ZIMAGE_SHIFT = 3.0  # ModelSamplingAuraFlow's shift in ComfyUI's Z-Image Turbo template (its VAE is FLUX's ae)
 
 
 FLUX2_UNET = "flux2_dev_fp8mixed.safetensors"
@@ -54,6 +56,16 @@ def qwen_image_models(g: GraphBuilder, *, unet: str = QWEN_IMAGE_UNET):
     shifted = g.node("ModelSamplingAuraFlow", model=model.out(0), shift=QWEN_IMAGE_SHIFT)
     clip = g.node("RLTest_QwenImageTextStandIn")
     vae = g.node("VAELoader", vae_name=QWEN_IMAGE_VAE)
+    return shifted.out(0), clip.out(0), vae.out(0)
+
+
+def zimage_models(g: GraphBuilder, *, unet: str = ZIMAGE_UNET):
+    """(model, clip, vae) outputs as in ComfyUI's Z-Image Turbo template (UNETLoader -> ModelSamplingAuraFlow, FLUX's
+    VAE), with the test-only Z-Image text encoder stand-in (tests/support/custom_nodes) for Qwen3 4B."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+    shifted = g.node("ModelSamplingAuraFlow", model=model.out(0), shift=ZIMAGE_SHIFT)
+    clip = g.node("RLTest_ZImageTextStandIn")
+    vae = g.node("VAELoader", vae_name=FLUX_VAE)
     return shifted.out(0), clip.out(0), vae.out(0)
 
 
@@ -299,6 +311,11 @@ def regional_flux(
 def regional_qwen_image(**kwargs) -> dict:
     """regional_flux's graph on the tiny Qwen-Image (its template's loaders and shift, no FluxGuidance)."""
     return regional_flux(**{"unet": QWEN_IMAGE_UNET, "models": qwen_image_models, "guidance": None, **kwargs})
+
+
+def regional_zimage(**kwargs) -> dict:
+    """regional_flux's graph on the tiny Z-Image (its template's loaders and shift, no FluxGuidance)."""
+    return regional_flux(**{"unet": ZIMAGE_UNET, "models": zimage_models, "guidance": None, **kwargs})
 
 
 def lsregen_pipeline(
