@@ -9,64 +9,34 @@ ComfyUI's real Qwen2 tokenizer, chat template and template stripping, and get co
 2560) with 3 layers, the fewest SDClipModel takes for the second-to-last layer that Z-Image reads. The pictures mean nothing.
 Loaded only by the tests (an extra custom nodes folder)."""
 
-import sys
-from pathlib import Path
+from .random_clip import random_clip
 
 LAYERS = 1
 ZIMAGE_LAYERS = 3  # Z-Image reads layer -2, and SDClipModel takes a layer index only if |index| < layers
-SCRIPTS = Path(__file__).resolve().parents[4] / "scripts"  # rl_devkit: the tiny models' seeded init
 
 
 def qwen_image_text_stand_in():
-    import torch
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.qwen_image
 
-    if str(SCRIPTS) not in sys.path:
-        sys.path.append(str(SCRIPTS))
-    from rl_devkit.tiny_models import seeded
+    def drop_vision_tower(model):  # used only for image prompts
+        del model.qwen25_7b.transformer.visual
 
-    target = comfy.supported_models_base.ClipTarget(
-        comfy.text_encoders.qwen_image.QwenImageTokenizer, comfy.text_encoders.qwen_image.te()
+    return random_clip(
+        comfy.text_encoders.qwen_image.QwenImageTokenizer,
+        comfy.text_encoders.qwen_image.te(),
+        {"qwen25_7b_model_config": {"num_hidden_layers": LAYERS}},  # 16 GB at full depth
+        before_fill=drop_vision_tower,
     )
-    # ComfyUI's own per-encoder config override ("<name>_model_config"); built on the meta device so that the
-    # 16 GB are never allocated, then the vision tower (used only for image prompts) is dropped.
-    options = {
-        "qwen25_7b_model_config": {"num_hidden_layers": LAYERS},
-        "dtype": torch.bfloat16,
-        "initial_device": torch.device("meta"),
-    }
-    clip = comfy.sd.CLIP(target, model_options=options)
-    llm = clip.cond_stage_model.qwen25_7b.transformer
-    del llm.visual
-    clip.cond_stage_model.to_empty(device=torch.device("cpu"))
-    seeded(clip.cond_stage_model, seed=0)
-    return clip
 
 
 def zimage_text_stand_in():
-    import torch
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.z_image
 
-    if str(SCRIPTS) not in sys.path:
-        sys.path.append(str(SCRIPTS))
-    from rl_devkit.tiny_models import seeded
-
-    target = comfy.supported_models_base.ClipTarget(
-        comfy.text_encoders.z_image.ZImageTokenizer, comfy.text_encoders.z_image.te()
+    return random_clip(
+        comfy.text_encoders.z_image.ZImageTokenizer,
+        comfy.text_encoders.z_image.te(),
+        {"qwen3_4b_model_config": {"num_hidden_layers": ZIMAGE_LAYERS}},
     )
-    options = {  # as for Qwen-Image: ComfyUI's own config override, built on the meta device
-        "qwen3_4b_model_config": {"num_hidden_layers": ZIMAGE_LAYERS},
-        "dtype": torch.bfloat16,
-        "initial_device": torch.device("meta"),
-    }
-    clip = comfy.sd.CLIP(target, model_options=options)
-    clip.cond_stage_model.to_empty(device=torch.device("cpu"))
-    seeded(clip.cond_stage_model, seed=0)
-    return clip
 
 
 class QwenImageTextStandIn:

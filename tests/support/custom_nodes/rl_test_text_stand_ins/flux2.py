@@ -22,14 +22,14 @@ import inspect
 import functools
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
+
+from .random_clip import random_clip
 
 LAYERS = 2  # three distinct taps (Flux2TEModel stacks three hidden states)
 TAPS = [0, 1, 2]
 INTERMEDIATE_SIZE = 1024
-SCRIPTS = Path(__file__).resolve().parents[4] / "scripts"  # rl_devkit: the tiny models' seeded init
 # Mistral 3's tekken special tokens 0-19 (rank = id); ComfyUI's tokenizer pads with 11 and starts with 1.
 SPECIALS = (
     "<unk> <s> </s> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS] "
@@ -132,19 +132,11 @@ def stand_in_classes():
 
 
 def flux2_text_stand_in():
-    import torch
-    import comfy.sd
-    import comfy.supported_models_base
     import comfy.text_encoders.flux as flux
 
-    if str(SCRIPTS) not in sys.path:
-        sys.path.append(str(SCRIPTS))
-    from rl_devkit.tiny_models import seeded
-
     tokenizer, vocab_size = stand_in_classes()
-    target = comfy.supported_models_base.ClipTarget(tokenizer, flux.flux2_te())
-    # ComfyUI's own per-encoder overrides ("<name>_model_config", "<name>_class"); built on the meta device,
-    # then filled with seeded values. Fewer than 40 layers: no final norm, as ComfyUI builds the pruned encoder.
+    # ComfyUI's own per-encoder overrides ("<name>_model_config", "<name>_class"). Fewer than 40 layers: no final
+    # norm, as ComfyUI builds the pruned encoder.
     options = {
         "mistral3_24b_model_config": {
             "num_hidden_layers": LAYERS,
@@ -153,13 +145,8 @@ def flux2_text_stand_in():
             "vocab_size": vocab_size,
         },
         "mistral3_24b_class": functools.partial(flux.Mistral3_24BModel, layer=TAPS),
-        "dtype": torch.bfloat16,
-        "initial_device": torch.device("meta"),
     }
-    clip = comfy.sd.CLIP(target, model_options=options)
-    clip.cond_stage_model.to_empty(device=torch.device("cpu"))
-    seeded(clip.cond_stage_model, seed=0)
-    return clip
+    return random_clip(tokenizer, flux.flux2_te(), options)
 
 
 class Flux2TextStandIn:
