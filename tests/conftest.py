@@ -141,6 +141,19 @@ def start_server(
     ).start()
 
 
+def module_server(*extra_custom_nodes: Path):
+    """A module-scoped `server` fixture (`server = module_server(...)` in a test module): a server of the module's
+    own, so what it loads (FLUX.2's 9 GB float32 transformer, another pack's patches) leaves with the module."""
+
+    @pytest.fixture(scope="module")
+    def server(tiny_models):
+        server = start_server(tiny_models, extra_custom_nodes=extra_custom_nodes)
+        yield server
+        server.cleanup()
+
+    return server
+
+
 def shipped_lora_names() -> set[str]:
     """The LoRA files the shipped API workflows name (they stand for the user's own LoRAs)."""
     import json

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import COMFYUI, REPO, start_server
+from conftest import COMFYUI, REPO, module_server
 from rl_devkit.server import ComfyServer
 from support import graphs
 
@@ -24,11 +24,7 @@ SECOND_PROMPTS = (graphs.REGION_PROMPTS[0], "a tall green cactus in a clay pot")
 ORDER_ERROR = "connect that node before Regional FLUX Patch"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    server = start_server(tiny_models, extra_custom_nodes=(OTHER_PACKS,))
-    yield server
-    server.cleanup()
+server = module_server(OTHER_PACKS)
 
 
 def insert(prompt: dict, class_type: str, where: str, **inputs) -> dict:

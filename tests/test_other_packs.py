@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_server
+from conftest import module_server
 from PIL import Image
 from support import graphs
 
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.server
 OTHER_PACKS = Path(__file__).parent / "support" / "custom_nodes"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    server = start_server(tiny_models, extra_custom_nodes=(OTHER_PACKS,))
-    yield server
-    server.cleanup()
+server = module_server(OTHER_PACKS)
 
 
 def with_other_patch(prompt: dict, where: str) -> dict:

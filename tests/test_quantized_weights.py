@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_server
+from conftest import module_server, start_server
 from support import graphs
 from test_lsregen_server import saved_latent
 from test_other_packs import OTHER_PACKS
@@ -29,11 +29,7 @@ pytestmark = pytest.mark.server
 REL_TOL = 0.05
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    server = start_server(tiny_models, extra_custom_nodes=(OTHER_PACKS,))
-    yield server
-    server.cleanup()
+server = module_server(OTHER_PACKS)
 
 
 def quantized(prompt: dict) -> dict:

@@ -13,7 +13,7 @@ the off switches and the batch check went down to one step (those two: 171 s tog
 from __future__ import annotations
 
 import pytest
-from conftest import start_server
+from conftest import module_server
 from rl_devkit.demo import TEST_NODES
 from support import graphs
 from support.family_server import (
@@ -36,12 +36,7 @@ TOP_RIGHT = (..., slice(None, 1), slice(2, None))  # token row 0, columns 2-4: r
 KEPT = dict(region2=(LEFT, TOP_RIGHT), region1=(TOP_RIGHT, LEFT))  # (the pixels kept, the pixels changed)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    """A server of this module's own, so the 9 GB float32 FLUX.2 leaves with it."""
-    server = start_server(tiny_models, extra_custom_nodes=(TEST_NODES,))
-    yield server
-    server.cleanup()
+server = module_server(TEST_NODES)
 
 
 def flux2(**kwargs) -> dict:

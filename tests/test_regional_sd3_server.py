@@ -12,7 +12,7 @@ Cost (2 cores, floor host): the module takes about a minute."""
 from __future__ import annotations
 
 import pytest
-from conftest import start_server
+from conftest import module_server
 from support import graphs
 from support.family_server import (
     ISOLATION_CASES,
@@ -36,11 +36,7 @@ ONE_STEP = dict(steps=1)
 KEPT = dict(region2=(LEFT, TOP_RIGHT), region1=(TOP_RIGHT, LEFT))  # (the pixels kept, the pixels changed)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    server = start_server(tiny_models)
-    yield server
-    server.cleanup()
+server = module_server()
 
 
 def sd3(**kwargs) -> dict:

@@ -7,7 +7,7 @@ text encoder with 3 layers at the real width, so the real tokenizer and chat tem
 from __future__ import annotations
 
 import pytest
-from conftest import start_server
+from conftest import module_server
 from rl_devkit.demo import TEST_NODES
 from support import graphs
 from support.family_server import (
@@ -31,12 +31,7 @@ KEPT = dict(region2=(LEFT, TOP_RIGHT), region1=(TOP_RIGHT, LEFT))  # (the pixels
 ONE_STEP = dict(steps=1)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    """The module's server, with the test-only text encoder pack."""
-    server = start_server(tiny_models, extra_custom_nodes=(TEST_NODES,))
-    yield server
-    server.cleanup()
+server = module_server(TEST_NODES)
 
 
 def zimage(**kwargs) -> dict:

@@ -229,7 +229,7 @@ def families() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1024")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--double", type=int, default=1)
     parser.add_argument("--single", type=int, default=1)
     parser.add_argument("--device", default="cpu")
