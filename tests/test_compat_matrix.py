@@ -13,10 +13,10 @@ import torch
 from conftest import COMFYUI, REPO, module_server
 from rl_devkit.server import ComfyServer
 from support import graphs
+from test_other_packs import OTHER_PACKS
 
 pytestmark = pytest.mark.server
 
-OTHER_PACKS = REPO / "tests" / "support" / "custom_nodes"
 SIZE = dict(width=192, height=128)  # region 1 is the left half: 96 px, a whole number of FLUX tokens
 # beta 0 in every block and step: region 1 sees only its own prompt and image tokens (README "isolation").
 ISOLATED = dict(base_ratio=0.0, control_steps=10, double_blocks="all", single_blocks="all", **SIZE)
